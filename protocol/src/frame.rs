@@ -1,0 +1,188 @@
+//! The frames of wire protocol v1 (see `docs/PROTOCOL.md`).
+//!
+//! Every frame is one JSON object in one WebSocket text message, tagged by its
+//! `t` field. Bodies are kept as [`RawValue`] so that a body is parsed once, by
+//! the handler that knows its type, and forwarded byte for byte otherwise.
+//! Decoding lives in [`crate::codec`]; this module only describes the shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+pub use crate::error::HookError;
+
+/// Protocol version announced in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// WebSocket subprotocol both sides must negotiate.
+pub const SUBPROTOCOL: &str = "agent-tunnel.v1";
+
+/// A request id, chosen by the side that sends the request. Each side numbers
+/// its own requests; a response is matched only on the link it arrived on.
+pub type RequestId = u64;
+
+/// One protocol frame.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Frame {
+    /// Server → agent, first frame after the upgrade.
+    Hello(Hello),
+    /// Agent → server, answer to `hello`.
+    Auth(Auth),
+    /// Server → agent, the handshake succeeded.
+    Welcome(Welcome),
+    /// Server → agent, the handshake failed; a close follows.
+    Reject(Reject),
+    /// A request for a hook on the other side.
+    Req(Req),
+    /// The response to a `req`.
+    Res(Res),
+    /// Fire-and-forget message (reserved; received notes are ignored in v1).
+    Note(Note),
+    /// Cancel a request in flight (reserved; ignored in v1).
+    Cancel(Cancel),
+    /// Progress of a request in flight (reserved; ignored in v1).
+    Prog(Prog),
+}
+
+impl Frame {
+    /// The frame's `t` tag, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Auth(_) => "auth",
+            Frame::Welcome(_) => "welcome",
+            Frame::Reject(_) => "reject",
+            Frame::Req(_) => "req",
+            Frame::Res(_) => "res",
+            Frame::Note(_) => "note",
+            Frame::Cancel(_) => "cancel",
+            Frame::Prog(_) => "prog",
+        }
+    }
+}
+
+/// `hello {v, nonce, sign}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The server's nonce, 32 random bytes as lowercase hex.
+    pub nonce: String,
+    /// Whether every frame after the handshake must be signed.
+    pub sign: bool,
+}
+
+/// `auth {nonce, name?, claim?, meta, proof}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The agent's nonce, 32 random bytes as lowercase hex.
+    pub nonce: String,
+    /// The name the agent asks for (its stored name, or one of its choosing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Proof that the agent holds the name's token, as lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// Free-form metadata the server keeps on the agent's handle.
+    #[serde(default)]
+    pub meta: Map<String, Value>,
+    /// Proof that the agent knows the shared secret, as lowercase hex.
+    pub proof: String,
+}
+
+/// `welcome {name, first_time, token?, proof, limits}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The agent's name for this session.
+    pub name: String,
+    /// True only when the name was newly given.
+    pub first_time: bool,
+    /// The name token, present when the name was newly given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Proof that the server knows the shared secret, as lowercase hex.
+    pub proof: String,
+    /// Limits the server enforces on this link.
+    pub limits: Limits,
+}
+
+/// Limits announced in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest message, in bytes, the server accepts.
+    pub max_message_bytes: u64,
+    /// Most requests the server serves at once on this link.
+    pub max_in_flight: u32,
+    /// Interval of the server's pings in milliseconds (0: none).
+    pub ping_interval_ms: u64,
+}
+
+/// `reject {code, message}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// Stable error code, e.g. `WRONG_SECRET`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `req {id, action, body, timeout_ms}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Req {
+    /// The sender's request id.
+    pub id: RequestId,
+    /// The hook to run.
+    pub action: String,
+    /// The request body.
+    pub body: Box<RawValue>,
+    /// How long the caller waits; the callee may stop working after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `res {id, ok}` or `res {id, err}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Res {
+    /// The id of the request this answers.
+    pub id: RequestId,
+    /// The outcome.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The outcome of a request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The response body.
+    Ok(Box<RawValue>),
+    /// The error the callee answered with.
+    Err(HookError),
+}
+
+/// `note {action, body}` (reserved).
+#[derive(Debug, Clone, Serialize)]
+pub struct Note {
+    /// The hook the note is for.
+    pub action: String,
+    /// The note's body.
+    pub body: Box<RawValue>,
+}
+
+/// `cancel {id}` (reserved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The request to cancel.
+    pub id: RequestId,
+}
+
+/// `prog {id, body}` (reserved).
+#[derive(Debug, Clone, Serialize)]
+pub struct Prog {
+    /// The request this reports progress on.
+    pub id: RequestId,
+    /// Progress detail.
+    pub body: Box<RawValue>,
+}

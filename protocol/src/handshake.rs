@@ -1,0 +1,441 @@
+//! The handshake as pure state machines: frames in, frames out, no IO.
+//!
+//! ```text
+//! server                                   agent
+//!   hello {v, nonce_s, sign}  ───────────►
+//!                             ◄─────────── auth {nonce_c, name?, claim?, meta, proof}
+//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message}
+//! ```
+//!
+//! The agent proves the shared secret with `proof`; the server proves it back
+//! in `welcome.proof`, so an agent never talks to a server that does not know
+//! the secret. A name, once given, is bound to a token that only the server
+//! can derive; reclaiming the name requires `claim`, a MAC under that token.
+//! The secret itself never crosses the wire.
+//!
+//! Name policy (which name an agent gets) needs the server's store, so it is
+//! left to the server: [`ServerHandshake::verify_auth`] checks the proofs and
+//! [`ServerHandshake::welcome`] writes the answer.
+
+use serde_json::{Map, Value};
+
+use crate::close;
+use crate::crypto::{self, Key, Secret, LEN};
+use crate::error::{codes, Error};
+use crate::frame::{Auth, Frame, Hello, Limits, Reject, Welcome, PROTOCOL_VERSION};
+
+/// What both sides hold once the handshake succeeded.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Key for signed frames, derived from the secret and both nonces.
+    pub key: Key,
+    /// Whether every frame after the handshake is signed.
+    pub sign: bool,
+}
+
+/// A failed handshake as the server answers it: a `reject` frame's code and
+/// text, and the close code that follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable code for the `reject` frame.
+    pub code: &'static str,
+    /// Text for the `reject` frame and the close.
+    pub message: String,
+    /// WebSocket close code.
+    pub close_code: u16,
+}
+
+impl Refusal {
+    /// A refusal with its code, text and close code.
+    pub fn new(code: &'static str, message: impl Into<String>, close_code: u16) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            close_code,
+        }
+    }
+
+    /// The `reject` frame to send.
+    pub fn frame(&self) -> Frame {
+        Frame::Reject(Reject {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+        })
+    }
+}
+
+/// An `auth` frame whose proof of the secret verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedAuth {
+    nonce_c: [u8; LEN],
+    /// The name the agent asked for.
+    pub name: Option<String>,
+    claim: Option<[u8; LEN]>,
+    /// The agent's metadata.
+    pub meta: Map<String, Value>,
+}
+
+/// The server's side of one handshake.
+#[derive(Debug, Clone)]
+pub struct ServerHandshake {
+    nonce_s: [u8; LEN],
+    sign: bool,
+}
+
+impl ServerHandshake {
+    /// Starts a handshake with a fresh random nonce.
+    pub fn new(sign: bool) -> Self {
+        Self::with_nonce(crypto::random_bytes(), sign)
+    }
+
+    /// Starts a handshake with a given nonce (test vectors).
+    pub fn with_nonce(nonce_s: [u8; LEN], sign: bool) -> Self {
+        ServerHandshake { nonce_s, sign }
+    }
+
+    /// The `hello` frame that opens the handshake.
+    pub fn hello(&self) -> Frame {
+        Frame::Hello(Hello {
+            v: PROTOCOL_VERSION,
+            nonce: hex::encode(self.nonce_s),
+            sign: self.sign,
+        })
+    }
+
+    /// Checks an `auth` frame's encodings and its proof of the secret.
+    pub fn verify_auth(&self, secret: &Secret, auth: Auth) -> Result<VerifiedAuth, Refusal> {
+        let nonce_c = crypto::decode_hex32(&auth.nonce).ok_or_else(|| {
+            Refusal::new(
+                codes::PROTOCOL_ERROR,
+                "auth.nonce must be 64 hex digits",
+                close::PROTOCOL_ERROR,
+            )
+        })?;
+        let wrong_secret = || {
+            Refusal::new(
+                codes::WRONG_SECRET,
+                "proof of the shared secret failed",
+                close::AUTH_FAILED,
+            )
+        };
+        let proof = crypto::decode_hex32(&auth.proof).ok_or_else(wrong_secret)?;
+        let name = auth.name.as_deref().unwrap_or("");
+        if !crypto::client_proof_input(secret, &self.nonce_s, &nonce_c, name).verify(&proof) {
+            return Err(wrong_secret());
+        }
+        let claim = match auth.claim.as_deref() {
+            None => None,
+            Some(c) => Some(crypto::decode_hex32(c).ok_or_else(|| {
+                Refusal::new(
+                    codes::PROTOCOL_ERROR,
+                    "auth.claim must be 64 hex digits",
+                    close::PROTOCOL_ERROR,
+                )
+            })?),
+        };
+        Ok(VerifiedAuth {
+            nonce_c,
+            name: auth.name,
+            claim,
+            meta: auth.meta,
+        })
+    }
+
+    /// True when `auth` carries a claim that proves the token of the name it
+    /// asks for. Compared in constant time.
+    pub fn claim_proves(&self, auth: &VerifiedAuth, token: &Key) -> bool {
+        match &auth.claim {
+            Some(claim) => crypto::claim_input(token, &self.nonce_s, &auth.nonce_c).verify(claim),
+            None => false,
+        }
+    }
+
+    /// The `welcome` frame and the session it opens.
+    pub fn welcome(
+        &self,
+        secret: &Secret,
+        auth: &VerifiedAuth,
+        name: &str,
+        first_time: bool,
+        token: Option<&Key>,
+        limits: Limits,
+    ) -> (Frame, Session) {
+        let proof = crypto::server_proof_input(secret, &self.nonce_s, &auth.nonce_c, name).finish();
+        let frame = Frame::Welcome(Welcome {
+            name: name.to_owned(),
+            first_time,
+            token: token.map(Key::to_hex),
+            proof: hex::encode(proof),
+            limits,
+        });
+        let session = Session {
+            key: crypto::session_key(secret, &self.nonce_s, &auth.nonce_c),
+            sign: self.sign,
+        };
+        (frame, session)
+    }
+}
+
+/// The name and token an agent keeps between connections.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The name to ask for.
+    pub name: Option<String>,
+    /// The name's token, once the server gave one.
+    pub token: Option<Key>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The outcome of a successful handshake, as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct Established {
+    /// The agent's name for this session.
+    pub name: String,
+    /// True when the server gave the name just now.
+    pub first_time: bool,
+    /// The identity to store: the name and its token.
+    pub identity: Identity,
+    /// The session's key and signing policy.
+    pub session: Session,
+    /// Limits the server announced.
+    pub limits: Limits,
+}
+
+/// The agent's side of one handshake.
+#[derive(Debug)]
+pub struct ClientHandshake {
+    nonce_c: [u8; LEN],
+    nonce_s: Option<[u8; LEN]>,
+    sign: bool,
+    identity: Identity,
+    meta: Map<String, Value>,
+}
+
+impl ClientHandshake {
+    /// Starts a handshake with a fresh nonce.
+    pub fn new(identity: Identity, meta: Map<String, Value>) -> Self {
+        Self::with_nonce(crypto::random_bytes(), identity, meta)
+    }
+
+    /// Starts a handshake with a given nonce (test vectors).
+    pub fn with_nonce(nonce_c: [u8; LEN], identity: Identity, meta: Map<String, Value>) -> Self {
+        ClientHandshake {
+            nonce_c,
+            nonce_s: None,
+            sign: false,
+            identity,
+            meta,
+        }
+    }
+
+    /// Answers the server's `hello` with an `auth` frame.
+    pub fn on_hello(&mut self, secret: &Secret, frame: Frame) -> Result<Frame, Error> {
+        let hello = match frame {
+            Frame::Hello(h) => h,
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected hello, got {}",
+                    other.kind()
+                )))
+            }
+        };
+        if hello.v != PROTOCOL_VERSION {
+            return Err(Error::Rejected {
+                code: codes::UNSUPPORTED_VERSION.into(),
+                message: format!("server speaks protocol v{}", hello.v),
+            });
+        }
+        let nonce_s = crypto::decode_hex32(&hello.nonce)
+            .ok_or_else(|| Error::Protocol("hello.nonce must be 64 hex digits".into()))?;
+        self.nonce_s = Some(nonce_s);
+        self.sign = hello.sign;
+        let name = self.identity.name.as_deref().unwrap_or("");
+        let proof = crypto::client_proof_input(secret, &nonce_s, &self.nonce_c, name).finish();
+        let claim = match (&self.identity.name, &self.identity.token) {
+            (Some(_), Some(token)) => Some(hex::encode(
+                crypto::claim_input(token, &nonce_s, &self.nonce_c).finish(),
+            )),
+            _ => None,
+        };
+        Ok(Frame::Auth(Auth {
+            nonce: hex::encode(self.nonce_c),
+            name: self.identity.name.clone(),
+            claim,
+            meta: self.meta.clone(),
+            proof: hex::encode(proof),
+        }))
+    }
+
+    /// Reads the server's answer: `welcome` (checked against the server's
+    /// proof) or `reject`.
+    pub fn on_answer(&self, secret: &Secret, frame: Frame) -> Result<Established, Error> {
+        let nonce_s = self
+            .nonce_s
+            .ok_or_else(|| Error::Protocol("answer before hello".into()))?;
+        let welcome = match frame {
+            Frame::Welcome(w) => w,
+            Frame::Reject(r) => {
+                return Err(Error::Rejected {
+                    code: r.code,
+                    message: r.message,
+                })
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected welcome or reject, got {}",
+                    other.kind()
+                )))
+            }
+        };
+        let proof = crypto::decode_hex32(&welcome.proof).ok_or(Error::ServerUnverified)?;
+        if !crypto::server_proof_input(secret, &nonce_s, &self.nonce_c, &welcome.name)
+            .verify(&proof)
+        {
+            return Err(Error::ServerUnverified);
+        }
+        let token = match welcome.token.as_deref() {
+            Some(t) => Some(
+                Key::from_hex(t)
+                    .ok_or_else(|| Error::Protocol("welcome.token must be 64 hex digits".into()))?,
+            ),
+            // A reclaimed name keeps the token the agent already holds.
+            None if self.identity.name.as_deref() == Some(welcome.name.as_str()) => {
+                self.identity.token.clone()
+            }
+            None => None,
+        };
+        Ok(Established {
+            identity: Identity {
+                name: Some(welcome.name.clone()),
+                token,
+            },
+            name: welcome.name,
+            first_time: welcome.first_time,
+            session: Session {
+                key: crypto::session_key(secret, &nonce_s, &self.nonce_c),
+                sign: self.sign,
+            },
+            limits: welcome.limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_message_bytes: 1024,
+        max_in_flight: 8,
+        ping_interval_ms: 0,
+    };
+
+    fn run(
+        server_secret: &str,
+        client_secret: &str,
+        identity: Identity,
+    ) -> (Result<VerifiedAuth, Refusal>, ServerHandshake, ClientHandshake) {
+        let server = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(identity, Map::new());
+        let auth = client
+            .on_hello(&Secret::from(client_secret), server.hello())
+            .unwrap();
+        let Frame::Auth(auth) = auth else {
+            panic!("not auth")
+        };
+        let verified = server.verify_auth(&Secret::from(server_secret), auth);
+        (verified, server, client)
+    }
+
+    #[test]
+    fn matching_secrets_establish_the_same_session_key() {
+        let (verified, server, client) = run("s3cret", "s3cret", Identity::default());
+        let verified = verified.unwrap();
+        let key = Key::random();
+        let token = crypto::name_token(&key, "A1");
+        let (welcome, s_session) =
+            server.welcome(&Secret::from("s3cret"), &verified, "A1", true, Some(&token), LIMITS);
+        let est = client.on_answer(&Secret::from("s3cret"), welcome).unwrap();
+        assert_eq!(est.name, "A1");
+        assert!(est.first_time);
+        assert_eq!(est.identity.token, Some(token));
+        assert_eq!(est.session.key, s_session.key);
+    }
+
+    #[test]
+    fn wrong_secret_is_refused_with_its_code() {
+        let (verified, _, _) = run("right", "wrong", Identity::default());
+        let refusal = verified.unwrap_err();
+        assert_eq!(refusal.code, codes::WRONG_SECRET);
+        assert_eq!(refusal.close_code, close::AUTH_FAILED);
+    }
+
+    #[test]
+    fn client_refuses_a_server_without_the_secret() {
+        let (verified, server, client) = run("s", "s", Identity::default());
+        let (welcome, _) = server.welcome(
+            &Secret::from("impostor"),
+            &verified.unwrap(),
+            "A1",
+            true,
+            None,
+            LIMITS,
+        );
+        assert!(matches!(
+            client.on_answer(&Secret::from("s"), welcome),
+            Err(Error::ServerUnverified)
+        ));
+    }
+
+    #[test]
+    fn claim_proves_only_the_right_token() {
+        let key = Key::random();
+        let token = crypto::name_token(&key, "A7");
+        let (verified, server, _) = run(
+            "s",
+            "s",
+            Identity {
+                name: Some("A7".into()),
+                token: Some(token.clone()),
+            },
+        );
+        let verified = verified.unwrap();
+        assert!(server.claim_proves(&verified, &token));
+        assert!(!server.claim_proves(&verified, &crypto::name_token(&key, "A8")));
+
+        let (no_claim, server, _) = run(
+            "s",
+            "s",
+            Identity {
+                name: Some("A7".into()),
+                token: None,
+            },
+        );
+        assert!(!server.claim_proves(&no_claim.unwrap(), &token));
+    }
+
+    #[test]
+    fn auth_replayed_to_a_new_hello_fails() {
+        let server1 = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(Identity::default(), Map::new());
+        let Frame::Auth(auth) = client.on_hello(&Secret::from("s"), server1.hello()).unwrap() else {
+            panic!()
+        };
+        let server2 = ServerHandshake::new(false);
+        assert_eq!(
+            server2
+                .verify_auth(&Secret::from("s"), auth)
+                .unwrap_err()
+                .code,
+            codes::WRONG_SECRET
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! The hook registry: named async handlers for the actions a peer may call.
+//!
+//! Both sides use the same registry; only the peer handle differs (the server
+//! hands its handlers the calling `Agent`, an agent hands its handlers a handle
+//! to the server). The chain rules follow websocket-agent:
+//!
+//! * catch-all handlers ([`Hooks::on_any`]) run first, then the handlers of the
+//!   action, each group in the order it was registered;
+//! * the response is the last non-empty result (`null`, `()` and `None` are
+//!   empty); when every result is empty the response is `null`;
+//! * the first error stops the chain and reaches the caller as it is;
+//! * an action with no handler at all answers `UNKNOWN_ACTION`;
+//! * a body that does not deserialize as the handler's type answers
+//!   `INVALID_MESSAGE`; a handler that panics answers `INTERNAL_ERROR`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::codec::null_body;
+use crate::error::{codes, HookError};
+
+/// What a handler learns about the call besides its body.
+#[derive(Debug, Clone)]
+pub struct Call<P> {
+    /// The action the caller asked for.
+    pub action: Arc<str>,
+    /// The calling peer: the `Agent` on the server, the server link on an agent.
+    pub peer: P,
+}
+
+/// The result of one handler: `Ok(None)` is an empty result.
+pub type HandlerResult = Result<Option<Box<RawValue>>, HookError>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A handler with its types erased, as stored in the registry.
+pub struct Handler<P>(Arc<dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync>);
+
+impl<P> Clone for Handler<P> {
+    fn clone(&self) -> Self {
+        Handler(Arc::clone(&self.0))
+    }
+}
+
+impl<P> std::fmt::Debug for Handler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+/// Wraps an async function into a [`Handler`], for [`Hooks::on_hooks`].
+///
+/// The function takes the deserialized body and the [`Call`], and returns the
+/// response or a [`HookError`]. Use `serde_json::Value` for untyped bodies.
+pub fn handler<P, T, R, F, Fut>(f: F) -> Handler<P>
+where
+    P: Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(T, Call<P>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HookError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Handler(Arc::new(move |body: Arc<RawValue>, call: Call<P>| {
+        let parsed = serde_json::from_str::<T>(body.get());
+        let f = Arc::clone(&f);
+        Box::pin(async move {
+            let req = parsed.map_err(|e| {
+                HookError::invalid_message(format!("body of {:?}: {e}", &*call.action))
+            })?;
+            let res = f(req, call).await?;
+            let raw = serde_json::value::to_raw_value(&res)
+                .map_err(|e| HookError::internal(format!("response failed to serialize: {e}")))?;
+            Ok((raw.get() != "null").then_some(raw))
+        }) as BoxFuture<HandlerResult>
+    }))
+}
+
+struct Registry<P> {
+    any: Arc<[Handler<P>]>,
+    by_action: HashMap<Arc<str>, Arc<[Handler<P>]>>,
+}
+
+/// The registry of handlers, cheap to clone (clones share it). Handlers may be
+/// added at any time; a call in progress keeps the chain it started with.
+pub struct Hooks<P> {
+    inner: Arc<RwLock<Registry<P>>>,
+}
+
+impl<P> Clone for Hooks<P> {
+    fn clone(&self) -> Self {
+        Hooks {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P> Default for Hooks<P> {
+    fn default() -> Self {
+        Hooks {
+            inner: Arc::new(RwLock::new(Registry {
+                any: Arc::from(Vec::new()),
+                by_action: HashMap::new(),
+            })),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Hooks<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reg = self.inner.read();
+        let mut actions: Vec<&str> = reg.by_action.keys().map(|a| &**a).collect();
+        actions.sort_unstable();
+        f.debug_struct("Hooks")
+            .field("catch_all", &reg.any.len())
+            .field("actions", &actions)
+            .finish()
+    }
+}
+
+fn appended<P>(list: &[Handler<P>], h: Handler<P>) -> Arc<[Handler<P>]> {
+    let mut v: Vec<Handler<P>> = list.to_vec();
+    v.push(h);
+    Arc::from(v)
+}
+
+impl<P: Clone + Send + 'static> Hooks<P> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a handler for `action` after any it already has.
+    pub fn on_hook<T, R, F, Fut>(&self, action: &str, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, Call<P>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HookError>> + Send + 'static,
+    {
+        self.add(action, handler(f))
+    }
+
+    /// Adds several handlers at once, each for its action, in order.
+    pub fn on_hooks<'a>(&self, hooks: impl IntoIterator<Item = (&'a str, Handler<P>)>) -> &Self {
+        for (action, h) in hooks {
+            self.add(action, h);
+        }
+        self
+    }
+
+    /// Adds a catch-all handler: it runs for every action, before the
+    /// action's own handlers; [`Call::action`] names the action.
+    pub fn on_any<T, R, F, Fut>(&self, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, Call<P>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HookError>> + Send + 'static,
+    {
+        let h = handler(f);
+        let mut reg = self.inner.write();
+        reg.any = appended(&reg.any, h);
+        self
+    }
+
+    /// Adds an erased handler for `action`.
+    pub fn add(&self, action: &str, h: Handler<P>) -> &Self {
+        let mut reg = self.inner.write();
+        let list = match reg.by_action.get(action) {
+            Some(list) => appended(list, h),
+            None => Arc::from(vec![h]),
+        };
+        reg.by_action.insert(Arc::from(action), list);
+        self
+    }
+
+    /// Runs the chain for `action` and returns the response body or the error.
+    pub async fn dispatch(
+        &self,
+        action: &str,
+        body: Box<RawValue>,
+        peer: P,
+    ) -> Result<Box<RawValue>, HookError> {
+        let (any, own, action) = {
+            let reg = self.inner.read();
+            let own = reg.by_action.get_key_value(action);
+            let name = own.map(|(k, _)| Arc::clone(k)).unwrap_or_else(|| Arc::from(action));
+            (Arc::clone(&reg.any), own.map(|(_, v)| Arc::clone(v)), name)
+        };
+        let own: &[Handler<P>] = own.as_deref().unwrap_or(&[]);
+        if any.is_empty() && own.is_empty() {
+            return Err(HookError::new(
+                codes::UNKNOWN_ACTION,
+                format!("no hook for action {:?}", &*action),
+            ));
+        }
+        let body: Arc<RawValue> = Arc::from(body);
+        let mut last: Option<Box<RawValue>> = None;
+        for h in any.iter().chain(own.iter()) {
+            let call = Call {
+                action: Arc::clone(&action),
+                peer: peer.clone(),
+            };
+            let fut = (h.0)(Arc::clone(&body), call);
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(Some(v))) => last = Some(v),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    tracing::error!(action = &*action, "hook panicked");
+                    return Err(HookError::new(
+                        codes::INTERNAL_ERROR,
+                        format!("hook for {:?} panicked", &*action),
+                    ));
+                }
+            }
+        }
+        Ok(last.unwrap_or_else(null_body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn chain_order_last_non_empty_and_first_error() {
+        let hooks: Hooks<()> = Hooks::new();
+        let log = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let l = log.clone();
+        hooks.on_hook("a", move |_: Value, _| {
+            let l = l.clone();
+            async move {
+                l.lock().push("a1".into());
+                Ok(json!(1))
+            }
+        });
+        let l = log.clone();
+        hooks.on_any(move |_: Value, c: Call<()>| {
+            let l = l.clone();
+            async move {
+                l.lock().push(format!("any:{}", c.action));
+                Ok(())
+            }
+        });
+        let l = log.clone();
+        hooks.on_hook("a", move |_: Value, _| {
+            let l = l.clone();
+            async move {
+                l.lock().push("a2".into());
+                Ok(Value::Null)
+            }
+        });
+        let out = hooks.dispatch("a", raw(json!({})), ()).await.unwrap();
+        assert_eq!(out.get(), "1");
+        assert_eq!(*log.lock(), ["any:a", "a1", "a2"]);
+
+        hooks.on_hook("b", |_: Value, _| async { Err::<(), _>(HookError::new("E1", "first")) });
+        hooks.on_hook("b", |_: Value, _| async { Ok(json!("never")) });
+        let err = hooks.dispatch("b", raw(json!(null)), ()).await.unwrap_err();
+        assert_eq!(err.code, "E1");
+    }
+
+    #[tokio::test]
+    async fn unknown_action_invalid_body_and_panic() {
+        let hooks: Hooks<()> = Hooks::new();
+        assert_eq!(
+            hooks.dispatch("x", raw(json!(1)), ()).await.unwrap_err().code,
+            codes::UNKNOWN_ACTION
+        );
+        #[derive(serde::Deserialize)]
+        struct Req {
+            n: u32,
+        }
+        hooks.on_hook("typed", |r: Req, _| async move { Ok(r.n * 2) });
+        assert_eq!(
+            hooks.dispatch("typed", raw(json!({"n": 21})), ()).await.unwrap().get(),
+            "42"
+        );
+        assert_eq!(
+            hooks.dispatch("typed", raw(json!({"n": "x"})), ()).await.unwrap_err().code,
+            codes::INVALID_MESSAGE
+        );
+        hooks.on_hook("boom", |_: Value, _| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(())
+        });
+        assert_eq!(
+            hooks.dispatch("boom", raw(json!(null)), ()).await.unwrap_err().code,
+            codes::INTERNAL_ERROR
+        );
+    }
+}

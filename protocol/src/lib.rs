@@ -1,0 +1,44 @@
+//! agent-protocol: everything the server and the agents share, no listeners
+//! and no dialing.
+//!
+//! # Layout
+//!
+//! * [`frame`] and [`codec`]: the frames of wire protocol v1 and their pure
+//!   encoding, tested with string literals.
+//! * [`crypto`], [`handshake`] and [`signed`]: the MACs, the challenge-response
+//!   handshake as frame-in/frame-out state machines, and signed frames.
+//! * [`name`]: the `A####` name format and name syntax.
+//! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
+//! * [`hooks`]: the handler registry and its chain rules.
+//! * [`link`]: one authenticated connection: a reader task, a writer task, and
+//!   the pending map that matches responses to requests. Both sides use it.
+//! * [`error`] and [`close`]: error codes and close codes.
+//!
+//! `agent-server` and `agent-client` build on this crate; applications use
+//! those (or the `agent-tunnel` crate, which re-exports both).
+
+#![warn(missing_docs)]
+
+pub mod close;
+pub mod codec;
+pub mod crypto;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod hooks;
+pub mod link;
+pub mod name;
+pub mod signed;
+pub mod store;
+pub mod transport;
+
+pub use close::CloseReason;
+pub use crypto::Secret;
+pub use error::{codes, Error, HookError, Result};
+pub use frame::{Frame, SUBPROTOCOL};
+pub use hooks::{handler, Call, Handler, Hooks};
+pub use link::{LinkConfig, LinkHandle, Role};
+pub use name::NameFormat;
+pub use store::{FileStore, MemoryStore, NameStore};
+
+pub use serde_json::value::RawValue;

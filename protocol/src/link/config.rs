@@ -1,0 +1,77 @@
+//! Per-link limits and timers, with their defaults.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Default largest message: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Default most requests in flight per link and direction.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default interval between pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default number of ping intervals without any sign of life before the peer
+/// is declared dead.
+pub const DEFAULT_MISSED_PONGS: u32 = 2;
+/// Default time to wait for the peer's close reply.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default size of the queue in front of the writer task, in frames.
+pub const DEFAULT_WRITE_QUEUE: usize = 1024;
+/// Default read buffer per connection.
+pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
+/// Default write buffer per connection (frames are flushed past it).
+pub const DEFAULT_WRITE_BUFFER: usize = 4 * 1024;
+
+/// Limits and timers of one link. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkConfig {
+    /// Largest message accepted; a bigger one closes the link with 1009.
+    /// Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Most requests in flight at once, counted separately for requests this
+    /// side sends (beyond it the caller gets `BUSY` at once) and requests it
+    /// serves (beyond it the peer gets `BUSY`). Default 256.
+    pub max_in_flight: usize,
+    /// Interval between pings; `None` turns heartbeats off. Default 5 s.
+    pub ping_interval: Option<Duration>,
+    /// Ping intervals without any frame from the peer before the link is
+    /// closed as dead (close code 4009). Default 2.
+    pub missed_pongs: u32,
+    /// How long a close waits for the peer's close reply. Default 2 s.
+    pub close_timeout: Duration,
+    /// Frames queued in front of the writer task. Default 1024.
+    pub write_queue: usize,
+    /// Read buffer of the WebSocket layer, in bytes. Default 4 KiB.
+    pub read_buffer: usize,
+    /// Write buffer of the WebSocket layer, in bytes. Default 4 KiB.
+    pub write_buffer: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            missed_pongs: DEFAULT_MISSED_PONGS,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            write_queue: DEFAULT_WRITE_QUEUE,
+            read_buffer: DEFAULT_READ_BUFFER,
+            write_buffer: DEFAULT_WRITE_BUFFER,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// The WebSocket layer's configuration for these limits.
+    pub fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer)
+            .write_buffer_size(self.write_buffer)
+            // Room for a full message plus its frame header in the queue.
+            .max_write_buffer_size(self.max_message_bytes.saturating_mul(2).max(self.write_buffer + 1))
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes))
+    }
+}

@@ -1,0 +1,273 @@
+//! The Link: one authenticated WebSocket connection, used the same way by the
+//! server and by agents.
+//!
+//! ```text
+//! caller ─request()─► pending.register(id) ─► queue (bounded) ─► writer task (owns sink) ─► socket
+//! socket ─► reader task (owns stream) ─┬─ res{id}  ─► pending.complete(id) ─► caller
+//!                                      ├─ req      ─► hooks, each on its own task ─► queue ─► writer
+//!                                      └─ close/err ─► pending fails every waiter; writer closes
+//! ```
+//!
+//! The writer is the only task that writes to the socket, and it signs frames
+//! when the session asks for it, so sequence numbers follow the order on the
+//! wire. The reader is the only task that reads; it answers nothing itself but
+//! `BUSY`, so one slow hook never holds up another request.
+
+mod config;
+mod pending;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::*;
+
+use crate::close::CloseReason;
+use crate::codec;
+use crate::error::Error;
+use crate::frame::{Frame, Req};
+use crate::handshake::Session;
+use crate::hooks::Hooks;
+use crate::signed::{self, Signer, Verifier};
+use pending::Pending;
+
+/// Which end of the link this is; it picks the direction bytes of signed frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The control plane.
+    Server,
+    /// An agent.
+    Agent,
+}
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// One encoded frame.
+    Text(String),
+    /// A heartbeat ping.
+    Ping,
+}
+
+pub(crate) struct Shared {
+    config: LinkConfig,
+    pending: Arc<Pending>,
+    tx: mpsc::Sender<Outbound>,
+    /// Set once, by whoever first asks the link to close; the writer sends it.
+    close_request: watch::Sender<Option<(u16, String)>>,
+    /// The reason the link ended, once it has.
+    ended: watch::Sender<Option<CloseReason>>,
+    /// Cancelled when the socket is done: both tasks stop.
+    stop: CancellationToken,
+    /// Permits for requests this side serves.
+    serving: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Records why the link ended (the first reason wins) and fails every
+    /// waiting caller with it.
+    pub(crate) fn finish(&self, reason: CloseReason) {
+        let reason = self.pending.close(reason);
+        self.ended.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Ends the link locally and asks the writer to send a close frame.
+    pub(crate) fn request_close(&self, code: u16, reason: &str) {
+        self.finish(CloseReason::local(code, reason));
+        self.close_request.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some((code, reason.to_owned()));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A handle to one link; clones share it. Dropping handles does not close the
+/// link: call [`LinkHandle::close`].
+#[derive(Clone)]
+pub struct LinkHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHandle")
+            .field("closed", &self.close_reason())
+            .field("pending", &self.shared.pending.len())
+            .finish()
+    }
+}
+
+impl LinkHandle {
+    /// Sends a request with a raw body and waits for its response, an error or
+    /// the timeout. Fails at once with `BUSY` when `max_in_flight` requests
+    /// wait already, and with `CONNECTION_CLOSED` when the link is (or goes)
+    /// down.
+    pub async fn request(
+        &self,
+        action: &str,
+        body: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, Error> {
+        let (id, rx, _guard) = self.shared.pending.register(self.shared.config.max_in_flight)?;
+        let text = codec::encode(&Frame::Req(Req {
+            id,
+            action: action.to_owned(),
+            body,
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        }));
+        let exchange = async {
+            if self.shared.tx.send(Outbound::Text(text)).await.is_err() {
+                return Err(self.closed_error());
+            }
+            match rx.await {
+                Ok(reply) => reply,
+                Err(_) => Err(self.closed_error()),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(reply) => reply,
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Sends a request with a typed body and decodes the typed response.
+    /// A body or response that does not (de)serialize gives `INVALID_MESSAGE`.
+    pub async fn call<B, R>(&self, action: &str, body: &B, timeout: Duration) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let raw = serde_json::value::to_raw_value(body)
+            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        let res = self.request(action, raw, timeout).await?;
+        serde_json::from_str(res.get())
+            .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
+    }
+
+    fn closed_error(&self) -> Error {
+        match self.shared.pending.closed() {
+            Some(reason) => Error::Closed(reason),
+            None => Error::Closed(CloseReason::local(crate::close::ABNORMAL, "link stopped")),
+        }
+    }
+
+    /// Closes the link with a close code and reason text. Requests in flight
+    /// fail at once; the peer receives the close frame.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.shared.request_close(code, reason);
+    }
+
+    /// Waits until the link has ended and returns why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.shared.ended.subscribe();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            // The sender lives in `shared`, which we hold, so it cannot drop.
+            Err(_) => None,
+        };
+        reason.unwrap_or_else(|| CloseReason::local(crate::close::ABNORMAL, "link stopped"))
+    }
+
+    /// Waits until both of the link's tasks have stopped and the socket is
+    /// released.
+    pub async fn stopped(&self) {
+        self.shared.stop.cancelled().await;
+    }
+
+    /// Why the link ended, or `None` while it is up.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.ended.borrow().clone()
+    }
+
+    /// True once the link has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.ended.borrow().is_some()
+    }
+
+    /// Requests this side sent that still wait for a response.
+    pub fn pending_requests(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// Requests from the peer this side is serving now.
+    pub fn serving_requests(&self) -> usize {
+        self.shared
+            .config
+            .max_in_flight
+            .saturating_sub(self.shared.serving.available_permits())
+    }
+
+    /// The link's limits.
+    pub fn config(&self) -> &LinkConfig {
+        &self.shared.config
+    }
+}
+
+/// Starts the reader and writer tasks of an authenticated connection.
+///
+/// `make_peer` builds the value handed to hooks as [`crate::Call::peer`]; it
+/// receives the link's handle so the peer value can call back over it.
+pub fn spawn<S, P>(
+    ws: WebSocketStream<S>,
+    role: Role,
+    config: LinkConfig,
+    session: Option<&Session>,
+    hooks: Hooks<P>,
+    make_peer: impl FnOnce(LinkHandle) -> P,
+) -> (LinkHandle, P)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+    let (close_request, close_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        serving: Arc::new(Semaphore::new(config.max_in_flight)),
+        config,
+        pending: Arc::new(Pending::default()),
+        tx,
+        close_request,
+        ended: watch::channel(None).0,
+        stop: CancellationToken::new(),
+    });
+    let handle = LinkHandle {
+        shared: Arc::clone(&shared),
+    };
+    let peer = make_peer(handle.clone());
+    let (send_dir, recv_dir) = match role {
+        Role::Server => (signed::SERVER_TO_AGENT, signed::AGENT_TO_SERVER),
+        Role::Agent => (signed::AGENT_TO_SERVER, signed::SERVER_TO_AGENT),
+    };
+    let signing = session.filter(|s| s.sign);
+    let signer = signing.map(|s| Signer::new(s.key.clone(), send_dir));
+    let verifier = signing.map(|s| Verifier::new(s.key.clone(), recv_dir));
+    let (sink, stream) = ws.split();
+    let span = tracing::Span::current();
+    tokio::spawn(
+        writer::run(sink, rx, close_rx, Arc::clone(&shared), signer).instrument(span.clone()),
+    );
+    tokio::spawn(reader::run(stream, shared, verifier, hooks, peer.clone()).instrument(span));
+    (handle, peer)
+}
