@@ -12,6 +12,8 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// A message exceeded the maximum message size.
 pub const TOO_BIG: u16 = 1009;
+/// The server failed internally (e.g. its name store could not save).
+pub const INTERNAL_ERROR: u16 = 1011;
 /// The peer broke the protocol: invalid JSON or UTF-8, unknown frame type, a
 /// frame out of order (e.g. before authentication), a binary frame.
 pub const PROTOCOL_ERROR: u16 = 4000;

@@ -1,0 +1,437 @@
+//! The server: the accept loop, the registry of connected agents, calls to
+//! them, events and shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_protocol::close;
+use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret};
+use futures_util::future::join_all;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::agent::Agent;
+use crate::config::ServerBuilder;
+use crate::connection;
+use crate::events::ServerEvent;
+use crate::names::NameBook;
+use crate::registry::{Lookup, Registry};
+
+/// Capacity of the event channel.
+const EVENT_CAPACITY: usize = 4096;
+
+pub(crate) struct Inner {
+    pub(crate) secret: Secret,
+    pub(crate) sign_frames: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) default_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) link: LinkConfig,
+    pub(crate) names: NameBook,
+    pub(crate) registry: Registry,
+    pub(crate) hooks: Hooks<Agent>,
+    events: broadcast::Sender<ServerEvent>,
+    /// Cancelled when the server stops accepting.
+    pub(crate) stop: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    tasks: TaskTracker,
+    local_addr: SocketAddr,
+}
+
+impl Inner {
+    pub(crate) fn emit(&self, event: ServerEvent) {
+        // No receiver is fine: events are optional.
+        let _ = self.events.send(event);
+    }
+}
+
+/// Stops the server when the last [`AgentServer`] handle is dropped.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Which agent a call goes to: a name, or an [`Agent`] handle.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The agent of this name.
+    Name(String),
+    /// The agent of this handle's name (its current connection).
+    Agent(Agent),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Name(n) => n,
+            Target::Agent(a) => a.name(),
+        }
+    }
+}
+
+impl From<&str> for Target {
+    fn from(n: &str) -> Self {
+        Target::Name(n.to_owned())
+    }
+}
+
+impl From<String> for Target {
+    fn from(n: String) -> Self {
+        Target::Name(n)
+    }
+}
+
+impl From<&String> for Target {
+    fn from(n: &String) -> Self {
+        Target::Name(n.clone())
+    }
+}
+
+impl From<&Agent> for Target {
+    fn from(a: &Agent) -> Self {
+        Target::Agent(a.clone())
+    }
+}
+
+impl From<Agent> for Target {
+    fn from(a: Agent) -> Self {
+        Target::Agent(a)
+    }
+}
+
+/// The control plane's end of the tunnel: accepts agents, authenticates and
+/// names them, serves their calls, and calls them.
+///
+/// Cheap to clone. The server runs until [`AgentServer::shutdown`], or until
+/// every handle is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), agent_server::Error> {
+/// use agent_server::{AgentServer, HookError};
+/// use serde_json::{json, Value};
+///
+/// let server = AgentServer::builder().secret("s3cret").start("127.0.0.1:0").await?;
+/// server.on_hook("log", |line: String, call| async move {
+///     tracing::info!(agent = call.peer.name(), %line);
+///     Ok::<_, HookError>(())
+/// });
+/// let reply: Value = server.send_to("A0001", "status", &json!({})).await?;
+/// for (name, result) in server.send_all::<_, Value>("ping", &()).await? {
+///     println!("{name}: {result:?}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AgentServer {
+    inner: Arc<Inner>,
+    _stop_on_drop: Arc<StopOnDrop>,
+}
+
+impl std::fmt::Debug for AgentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("local_addr", &self.inner.local_addr)
+            .field("agents", &self.inner.registry.live_count())
+            .field("stopped", &self.inner.stop.is_cancelled())
+            .finish()
+    }
+}
+
+impl AgentServer {
+    /// A builder with the documented defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    pub(crate) async fn serve(b: ServerBuilder, listener: TcpListener) -> Result<Self, Error> {
+        let format: NameFormat = b.name_format.parse()?;
+        let secret = b
+            .secret
+            .ok_or_else(|| Error::Config("a shared secret is required".into()))?;
+        let names = NameBook::load(format, b.store).await?;
+        let local_addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            secret,
+            sign_frames: b.sign_frames,
+            handshake_timeout: b.handshake_timeout,
+            default_timeout: b.default_timeout,
+            shutdown_grace: b.shutdown_grace,
+            link: b.link,
+            names,
+            registry: Registry::default(),
+            hooks: Hooks::new(),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            stop: stop.clone(),
+            tasks: TaskTracker::new(),
+            local_addr,
+        });
+        let handshakes = Arc::new(Semaphore::new(b.max_handshakes.max(1)));
+        let span = tracing::info_span!("agent_server", addr = %local_addr);
+        tokio::spawn(accept_loop(listener, Arc::clone(&inner), handshakes).instrument(span));
+        tracing::info!(addr = %local_addr, "agent server listening");
+        Ok(AgentServer {
+            inner,
+            _stop_on_drop: Arc::new(StopOnDrop(stop)),
+        })
+    }
+
+    /// The address the server listens on (the real port when bound to 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The hook registry; handlers receive the calling [`Agent`] as
+    /// [`Call::peer`](agent_protocol::Call).
+    pub fn hooks(&self) -> &Hooks<Agent> {
+        &self.inner.hooks
+    }
+
+    /// Adds a handler for `action` (see [`Hooks::on_hook`]).
+    pub fn on_hook<T, R, F, Fut>(&self, action: &str, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, agent_protocol::Call<Agent>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, agent_protocol::HookError>> + Send + 'static,
+    {
+        self.inner.hooks.on_hook(action, f);
+        self
+    }
+
+    /// Adds a catch-all handler (see [`Hooks::on_any`]).
+    pub fn on_any<T, R, F, Fut>(&self, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, agent_protocol::Call<Agent>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, agent_protocol::HookError>> + Send + 'static,
+    {
+        self.inner.hooks.on_any(f);
+        self
+    }
+
+    /// Subscribes to [`ServerEvent`]s from now on.
+    pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The connected agents, sorted by name.
+    pub fn agents(&self) -> Vec<Agent> {
+        self.inner.registry.live()
+    }
+
+    /// The connected agent of this name.
+    pub fn agent(&self, name: &str) -> Option<Agent> {
+        match self.inner.registry.get(name) {
+            Lookup::Live(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Result<Agent, Error> {
+        match self.inner.registry.get(name) {
+            Lookup::Live(a) => Ok(a),
+            Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
+            Lookup::Absent if self.inner.names.is_known(name) => {
+                Err(Error::AgentNotConnected(name.to_owned()))
+            }
+            Lookup::Absent => Err(Error::UnknownAgent(name.to_owned())),
+        }
+    }
+
+    /// Calls hook `action` on one agent with the default timeout.
+    ///
+    /// Fails with `UNKNOWN_AGENT` for a name never given,
+    /// `AGENT_NOT_CONNECTED` for a known name that is offline, `TIMEOUT`, or
+    /// the agent's own error.
+    pub async fn send_to<B, R>(
+        &self,
+        target: impl Into<Target>,
+        action: &str,
+        body: &B,
+    ) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send_to_timeout(target, action, body, self.inner.default_timeout)
+            .await
+    }
+
+    /// Calls hook `action` on one agent, waiting at most `timeout`.
+    pub async fn send_to_timeout<B, R>(
+        &self,
+        target: impl Into<Target>,
+        action: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let target = target.into();
+        let agent = self.resolve(target.name())?;
+        agent.send_timeout(action, body, timeout).await
+    }
+
+    /// Calls hook `action` on every connected agent at once, with the default
+    /// timeout, and returns each agent's own result by name.
+    ///
+    /// One agent's failure never fails the others. Fails as a whole only with
+    /// `NO_CONNECTED_AGENTS`, or `INVALID_MESSAGE` when `body` does not
+    /// serialize.
+    pub async fn send_all<B, R>(
+        &self,
+        action: &str,
+        body: &B,
+    ) -> Result<BTreeMap<String, Result<R, Error>>, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send_all_timeout(action, body, self.inner.default_timeout)
+            .await
+    }
+
+    /// Like [`AgentServer::send_all`], waiting at most `timeout` for each.
+    pub async fn send_all_timeout<B, R>(
+        &self,
+        action: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, Result<R, Error>>, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let agents = self.inner.registry.live();
+        if agents.is_empty() {
+            return Err(Error::NoConnectedAgents);
+        }
+        // Serialize once; every agent gets the same bytes.
+        let raw = serde_json::value::to_raw_value(body)
+            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        let calls = agents.iter().map(|agent| {
+            let body = raw.clone();
+            async move {
+                let result = agent
+                    .link()
+                    .request(action, body, timeout)
+                    .await
+                    .and_then(|res| {
+                        serde_json::from_str::<R>(res.get()).map_err(|e| {
+                            Error::InvalidMessage(format!("response to {action:?}: {e}"))
+                        })
+                    });
+                (agent.name().to_owned(), result)
+            }
+        });
+        Ok(join_all(calls).await.into_iter().collect())
+    }
+
+    /// Closes the link of the agent `name` with close code 4006 and `reason`.
+    pub fn disconnect(&self, name: &str, reason: &str) -> Result<(), Error> {
+        self.resolve(name)?.disconnect(reason);
+        Ok(())
+    }
+
+    /// Revokes `name`: it is refused at every later handshake with `REVOKED`
+    /// (close code 4007), and a live agent of that name is disconnected with
+    /// that code now. Persisted in the name store.
+    pub async fn revoke(&self, name: &str, reason: &str) -> Result<(), Error> {
+        self.inner.names.set_revoked(name, true).await?;
+        if let Lookup::Live(agent) = self.inner.registry.get(name) {
+            agent.link().close(close::REVOKED, reason);
+        }
+        Ok(())
+    }
+
+    /// Lifts a revocation.
+    pub async fn unrevoke(&self, name: &str) -> Result<(), Error> {
+        self.inner.names.set_revoked(name, false).await
+    }
+
+    /// True when `name` is revoked.
+    pub fn is_revoked(&self, name: &str) -> bool {
+        self.inner.names.is_revoked(name)
+    }
+
+    /// Shuts down gracefully: stops accepting, lets calls in flight finish
+    /// for up to the shutdown grace, then closes every link with 1001 (calls
+    /// still in flight fail with `CONNECTION_CLOSED`), and waits for the
+    /// connections to end.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stop.cancel();
+        let grace_end = tokio::time::Instant::now() + inner.shutdown_grace;
+        // Poll rather than wire a notification through every link: shutdown
+        // is rare and the grace is long compared with the interval.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            let busy = inner
+                .registry
+                .live()
+                .iter()
+                .any(|a| a.link().pending_requests() > 0 || a.link().serving_requests() > 0);
+            if !busy || tokio::time::Instant::now() >= grace_end {
+                break;
+            }
+            tick.tick().await;
+        }
+        for agent in inner.registry.live() {
+            agent.link().close(close::GOING_AWAY, "server shutting down");
+        }
+        inner.tasks.close();
+        inner.tasks.wait().await;
+        tracing::info!("agent server stopped");
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stop.is_cancelled()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, handshakes: Arc<Semaphore>) {
+    loop {
+        tokio::select! {
+            biased;
+            // Cancel-safe: a token only observes.
+            _ = inner.stop.cancelled() => break,
+            // Cancel-safe: `accept` loses no connection when the other branch wins.
+            accepted = listener.accept() => {
+                let (stream, peer_addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::warn!(peer = %peer_addr, "too many pending handshakes; connection dropped");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let inner2 = Arc::clone(&inner);
+                inner.tasks.spawn(async move {
+                    connection::serve(stream, peer_addr, false, inner2, permit).await;
+                });
+            }
+        }
+    }
+    // The listener is dropped here, so the port stops accepting at once.
+}
