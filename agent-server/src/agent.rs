@@ -120,7 +120,10 @@ impl Agent {
     /// # }
     /// ```
     pub fn set_data<T: Any + Send + Sync>(&self, value: T) {
-        self.0.data.lock().insert(TypeId::of::<T>(), Arc::new(value));
+        self.0
+            .data
+            .lock()
+            .insert(TypeId::of::<T>(), Arc::new(value));
     }
 
     /// The value of type `T` stored on this agent, if any.
@@ -146,7 +149,12 @@ impl Agent {
     }
 
     /// Calls the agent's hook `action`, waiting at most `timeout`.
-    pub async fn send_timeout<B, R>(&self, action: &str, body: &B, timeout: Duration) -> Result<R, Error>
+    pub async fn send_timeout<B, R>(
+        &self,
+        action: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, Error>
     where
         B: Serialize + ?Sized,
         R: DeserializeOwned,

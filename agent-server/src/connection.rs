@@ -214,7 +214,10 @@ where
         other => {
             return Err(Failure::Refused(Refusal::new(
                 codes::PROTOCOL_ERROR,
-                format!("expected auth, got {}: nothing is served before authentication", other.kind()),
+                format!(
+                    "expected auth, got {}: nothing is served before authentication",
+                    other.kind()
+                ),
                 close::PROTOCOL_ERROR,
             )))
         }

@@ -52,8 +52,8 @@ pub use config::ServerBuilder;
 pub use events::ServerEvent;
 pub use server::{AgentServer, Target};
 
+pub use agent_protocol::store::{StoreError, StoreFuture};
 pub use agent_protocol::{
     close, codes, Call, CloseReason, Error, FileStore, Handler, HookError, Hooks, LinkConfig,
     MemoryStore, NameStore, Secret,
 };
-pub use agent_protocol::store::{StoreError, StoreFuture};

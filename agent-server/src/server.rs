@@ -391,7 +391,9 @@ impl AgentServer {
             tick.tick().await;
         }
         for agent in inner.registry.live() {
-            agent.link().close(close::GOING_AWAY, "server shutting down");
+            agent
+                .link()
+                .close(close::GOING_AWAY, "server shutting down");
         }
         inner.tasks.close();
         inner.tasks.wait().await;

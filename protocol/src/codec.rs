@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::frame::{
-    Auth, Cancel, Frame, Hello, Limits, Note, Outcome, Prog, Reject, Req, RequestId, Res, Welcome,
-    HookError,
+    Auth, Cancel, Frame, Hello, HookError, Limits, Note, Outcome, Prog, Reject, Req, RequestId,
+    Res, Welcome,
 };
 
 /// Why a text message is not a valid frame.
@@ -204,7 +204,9 @@ mod tests {
     #[test]
     fn res_ok_null_is_a_response_not_missing() {
         let f = decode(r#"{"t":"res","id":1,"ok":null}"#).unwrap();
-        assert!(matches!(f, Frame::Res(Res { id: 1, outcome: Outcome::Ok(b) }) if b.get() == "null"));
+        assert!(
+            matches!(f, Frame::Res(Res { id: 1, outcome: Outcome::Ok(b) }) if b.get() == "null")
+        );
         let text = encode(&Frame::Res(Res {
             id: 1,
             outcome: Outcome::Ok(null_body()),
@@ -227,7 +229,9 @@ mod tests {
             text,
             r#"{"t":"res","id":9,"err":{"code":"NOPE","message":"no","data":{"k":1}}}"#
         );
-        assert!(matches!(decode(&text).unwrap(), Frame::Res(Res { id: 9, outcome: Outcome::Err(e) }) if e.code == "NOPE"));
+        assert!(
+            matches!(decode(&text).unwrap(), Frame::Res(Res { id: 9, outcome: Outcome::Err(e) }) if e.code == "NOPE")
+        );
     }
 
     #[test]
@@ -250,9 +254,15 @@ mod tests {
 
     #[test]
     fn bad_input_gets_typed_errors() {
-        assert!(matches!(decode("not json"), Err(DecodeError::InvalidJson(_))));
+        assert!(matches!(
+            decode("not json"),
+            Err(DecodeError::InvalidJson(_))
+        ));
         assert!(matches!(decode("[1,2]"), Err(DecodeError::InvalidJson(_))));
-        assert!(matches!(decode(r#"{"id":1}"#), Err(DecodeError::InvalidJson(_))));
+        assert!(matches!(
+            decode(r#"{"id":1}"#),
+            Err(DecodeError::InvalidJson(_))
+        ));
         assert!(matches!(
             decode(r#"{"t":"req","id":"x","action":"a"}"#),
             Err(DecodeError::InvalidJson(_))

@@ -191,7 +191,9 @@ pub fn name_token(server_key: &Key, name: &str) -> Key {
 
 /// `HMAC(token, TAG_CLAIM ‖ nonce_s ‖ nonce_c)`.
 pub fn claim_input(token: &Key, nonce_s: &[u8; LEN], nonce_c: &[u8; LEN]) -> MacInput {
-    MacInput::new(&token.0, TAG_CLAIM).fixed(nonce_s).fixed(nonce_c)
+    MacInput::new(&token.0, TAG_CLAIM)
+        .fixed(nonce_s)
+        .fixed(nonce_c)
 }
 
 /// `HMAC(secret, TAG_SESSION ‖ nonce_s ‖ nonce_c)`.

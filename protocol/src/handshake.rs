@@ -342,7 +342,11 @@ mod tests {
         server_secret: &str,
         client_secret: &str,
         identity: Identity,
-    ) -> (Result<VerifiedAuth, Refusal>, ServerHandshake, ClientHandshake) {
+    ) -> (
+        Result<VerifiedAuth, Refusal>,
+        ServerHandshake,
+        ClientHandshake,
+    ) {
         let server = ServerHandshake::new(false);
         let mut client = ClientHandshake::new(identity, Map::new());
         let auth = client
@@ -361,8 +365,14 @@ mod tests {
         let verified = verified.unwrap();
         let key = Key::random();
         let token = crypto::name_token(&key, "A1");
-        let (welcome, s_session) =
-            server.welcome(&Secret::from("s3cret"), &verified, "A1", true, Some(&token), LIMITS);
+        let (welcome, s_session) = server.welcome(
+            &Secret::from("s3cret"),
+            &verified,
+            "A1",
+            true,
+            Some(&token),
+            LIMITS,
+        );
         let est = client.on_answer(&Secret::from("s3cret"), welcome).unwrap();
         assert_eq!(est.name, "A1");
         assert!(est.first_time);
@@ -426,7 +436,10 @@ mod tests {
     fn auth_replayed_to_a_new_hello_fails() {
         let server1 = ServerHandshake::new(false);
         let mut client = ClientHandshake::new(Identity::default(), Map::new());
-        let Frame::Auth(auth) = client.on_hello(&Secret::from("s"), server1.hello()).unwrap() else {
+        let Frame::Auth(auth) = client
+            .on_hello(&Secret::from("s"), server1.hello())
+            .unwrap()
+        else {
             panic!()
         };
         let server2 = ServerHandshake::new(false);

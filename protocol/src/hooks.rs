@@ -43,7 +43,9 @@ pub type HandlerResult = Result<Option<Box<RawValue>>, HookError>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A handler with its types erased, as stored in the registry.
-pub struct Handler<P>(Arc<dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync>);
+pub struct Handler<P>(
+    Arc<dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync>,
+);
 
 impl<P> Clone for Handler<P> {
     fn clone(&self) -> Self {
@@ -194,7 +196,9 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         let (any, own, action) = {
             let reg = self.inner.read();
             let own = reg.by_action.get_key_value(action);
-            let name = own.map(|(k, _)| Arc::clone(k)).unwrap_or_else(|| Arc::from(action));
+            let name = own
+                .map(|(k, _)| Arc::clone(k))
+                .unwrap_or_else(|| Arc::from(action));
             (Arc::clone(&reg.any), own.map(|(_, v)| Arc::clone(v)), name)
         };
         let own: &[Handler<P>] = own.as_deref().unwrap_or(&[]);
@@ -270,7 +274,9 @@ mod tests {
         assert_eq!(out.get(), "1");
         assert_eq!(*log.lock(), ["any:a", "a1", "a2"]);
 
-        hooks.on_hook("b", |_: Value, _| async { Err::<(), _>(HookError::new("E1", "first")) });
+        hooks.on_hook("b", |_: Value, _| async {
+            Err::<(), _>(HookError::new("E1", "first"))
+        });
         hooks.on_hook("b", |_: Value, _| async { Ok(json!("never")) });
         let err = hooks.dispatch("b", raw(json!(null)), ()).await.unwrap_err();
         assert_eq!(err.code, "E1");
@@ -280,7 +286,11 @@ mod tests {
     async fn unknown_action_invalid_body_and_panic() {
         let hooks: Hooks<()> = Hooks::new();
         assert_eq!(
-            hooks.dispatch("x", raw(json!(1)), ()).await.unwrap_err().code,
+            hooks
+                .dispatch("x", raw(json!(1)), ())
+                .await
+                .unwrap_err()
+                .code,
             codes::UNKNOWN_ACTION
         );
         #[derive(serde::Deserialize)]
@@ -289,11 +299,19 @@ mod tests {
         }
         hooks.on_hook("typed", |r: Req, _| async move { Ok(r.n * 2) });
         assert_eq!(
-            hooks.dispatch("typed", raw(json!({"n": 21})), ()).await.unwrap().get(),
+            hooks
+                .dispatch("typed", raw(json!({"n": 21})), ())
+                .await
+                .unwrap()
+                .get(),
             "42"
         );
         assert_eq!(
-            hooks.dispatch("typed", raw(json!({"n": "x"})), ()).await.unwrap_err().code,
+            hooks
+                .dispatch("typed", raw(json!({"n": "x"})), ())
+                .await
+                .unwrap_err()
+                .code,
             codes::INVALID_MESSAGE
         );
         hooks.on_hook("boom", |_: Value, _| async move {
@@ -303,7 +321,11 @@ mod tests {
             Ok(())
         });
         assert_eq!(
-            hooks.dispatch("boom", raw(json!(null)), ()).await.unwrap_err().code,
+            hooks
+                .dispatch("boom", raw(json!(null)), ())
+                .await
+                .unwrap_err()
+                .code,
             codes::INTERNAL_ERROR
         );
     }

@@ -98,7 +98,13 @@ impl std::str::FromStr for NameFormat {
 
 impl fmt::Display for NameFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}{}", self.prefix, "#".repeat(self.width), self.suffix)
+        write!(
+            f,
+            "{}{}{}",
+            self.prefix,
+            "#".repeat(self.width),
+            self.suffix
+        )
     }
 }
 

@@ -67,7 +67,8 @@ impl Signer {
     pub fn sign(&mut self, frame: &str) -> String {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let mac = crypto::frame_mac_input(&self.key, self.direction, seq, frame.as_bytes()).finish();
+        let mac =
+            crypto::frame_mac_input(&self.key, self.direction, seq, frame.as_bytes()).finish();
         let mut out = String::with_capacity(frame.len() + 110);
         out.push_str(r#"{"t":"sig","seq":"#);
         out.push_str(&seq.to_string());
@@ -120,7 +121,8 @@ impl Verifier {
         }
         let mac = crypto::decode_hex32(env.mac).ok_or(SignError::BadMac)?;
         let frame = env.f.get();
-        if !crypto::frame_mac_input(&self.key, self.direction, env.seq, frame.as_bytes()).verify(&mac)
+        if !crypto::frame_mac_input(&self.key, self.direction, env.seq, frame.as_bytes())
+            .verify(&mac)
         {
             return Err(SignError::BadMac);
         }
@@ -169,9 +171,21 @@ mod tests {
         assert_eq!(v.verify(&forged), Err(SignError::BadMac));
         assert!(v.verify(&f0).is_ok());
         // Replayed.
-        assert!(matches!(v.verify(&f0), Err(SignError::OutOfSequence { expected: 1, got: 0 })));
+        assert!(matches!(
+            v.verify(&f0),
+            Err(SignError::OutOfSequence {
+                expected: 1,
+                got: 0
+            })
+        ));
         // Dropped f1, so f2 is out of sequence.
-        assert!(matches!(v.verify(&f2), Err(SignError::OutOfSequence { expected: 1, got: 2 })));
+        assert!(matches!(
+            v.verify(&f2),
+            Err(SignError::OutOfSequence {
+                expected: 1,
+                got: 2
+            })
+        ));
         assert!(v.verify(&f1).is_ok());
         assert_eq!(
             v.verify(r#"{"t":"req","id":4,"action":"a"}"#),
@@ -181,6 +195,9 @@ mod tests {
         let mut other = Signer::new(Key::from_bytes([7; 32]), SERVER_TO_AGENT);
         let _ = other.sign("{}");
         let _ = other.sign("{}");
-        assert_eq!(v.verify(&other.sign(r#"{"t":"x"}"#)), Err(SignError::BadMac));
+        assert_eq!(
+            v.verify(&other.sign(r#"{"t":"x"}"#)),
+            Err(SignError::BadMac)
+        );
     }
 }

@@ -70,7 +70,11 @@ impl LinkConfig {
             .read_buffer_size(self.read_buffer)
             .write_buffer_size(self.write_buffer)
             // Room for a full message plus its frame header in the queue.
-            .max_write_buffer_size(self.max_message_bytes.saturating_mul(2).max(self.write_buffer + 1))
+            .max_write_buffer_size(
+                self.max_message_bytes
+                    .saturating_mul(2)
+                    .max(self.write_buffer + 1),
+            )
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
     }

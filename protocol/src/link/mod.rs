@@ -130,7 +130,10 @@ impl LinkHandle {
         body: Box<RawValue>,
         timeout: Duration,
     ) -> Result<Box<RawValue>, Error> {
-        let (id, rx, _guard) = self.shared.pending.register(self.shared.config.max_in_flight)?;
+        let (id, rx, _guard) = self
+            .shared
+            .pending
+            .register(self.shared.config.max_in_flight)?;
         let text = codec::encode(&Frame::Req(Req {
             id,
             action: action.to_owned(),

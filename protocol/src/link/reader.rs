@@ -156,7 +156,10 @@ where
                 Outcome::Err(e) => Err(Error::Remote(e)),
             };
             if !shared.pending.complete(id, reply) {
-                tracing::debug!(id, "response nobody waits for (late or unknown id); dropped");
+                tracing::debug!(
+                    id,
+                    "response nobody waits for (late or unknown id); dropped"
+                );
             }
             Ok(())
         }

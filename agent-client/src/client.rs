@@ -1,0 +1,446 @@
+//! The client handle and its supervisor task, which owns the connection's
+//! lifecycle: connect, hand the link to callers, notice it drop, back off,
+//! reconnect under the same name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_protocol::handshake::Identity;
+use agent_protocol::link::{self, Role};
+use agent_protocol::{close, codes, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::config::ClientBuilder;
+use crate::dial::{self, Dial, Endpoint};
+use crate::events::ClientEvent;
+use crate::identity;
+use crate::peer::ServerHandle;
+
+/// Capacity of the event channel.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Where the client stands.
+#[derive(Clone, Debug)]
+enum State {
+    /// A connection attempt is under way: calls wait for it.
+    Connecting,
+    /// Authenticated; calls go over this link.
+    Ready(ServerHandle),
+    /// No link and none being made right now: calls fail with `OFFLINE`.
+    Offline,
+    /// Closed for good.
+    Closed,
+}
+
+struct Inner {
+    state: watch::Sender<State>,
+    events: broadcast::Sender<ClientEvent>,
+    hooks: Hooks<ServerHandle>,
+    default_timeout: Duration,
+    /// Cancelled by `close()` or when the last handle drops.
+    stop: CancellationToken,
+    /// Cancelled when the supervisor has finished.
+    done: CancellationToken,
+}
+
+impl Inner {
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn set_state(&self, state: State) {
+        self.state.send_replace(state);
+    }
+}
+
+/// Everything the supervisor needs to (re)connect.
+struct Settings {
+    endpoint: Endpoint,
+    tls: Option<Arc<ClientConfig>>,
+    secret: Secret,
+    meta: Map<String, Value>,
+    store: Arc<dyn NameStore>,
+    link: LinkConfig,
+    handshake_timeout: Duration,
+    backoff: Backoff,
+}
+
+struct CloseOnDrop(CancellationToken);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// An agent's connection to the control plane. Cheap to clone; the client
+/// closes when [`AgentClient::close`] is called or the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), agent_client::Error> {
+/// use agent_client::{AgentClient, HookError};
+/// use serde_json::{json, Value};
+///
+/// let client = AgentClient::builder("ws://127.0.0.1:7800", "s3cret")
+///     .on_hook("echo", |body: Value, _call| async move { Ok::<_, HookError>(body) })
+///     .connect()
+///     .await?;
+/// let config: Value = client.send("get_config", &json!({"section": "net"})).await?;
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+    _close_on_drop: Arc<CloseOnDrop>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("name", &self.name())
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+fn is_fatal(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        codes::WRONG_SECRET
+            | codes::SERVER_UNVERIFIED
+            | codes::NAME_TAKEN
+            | codes::INVALID_NAME
+            | codes::REVOKED
+            | codes::UNSUPPORTED_VERSION
+            | codes::CONFIG
+    )
+}
+
+impl AgentClient {
+    /// A builder for a client of the server at `url` (`ws://host:port/path`
+    /// or `wss://…`), proving `secret`.
+    pub fn builder(url: &str, secret: impl Into<Secret>) -> ClientBuilder {
+        ClientBuilder::new(url, secret.into())
+    }
+
+    pub(crate) async fn start(b: ClientBuilder) -> Result<Self, Error> {
+        Self::launch(b, None).await.map(|(c, _)| c)
+    }
+
+    pub(crate) async fn connect(b: ClientBuilder) -> Result<Self, Error> {
+        let (tx, rx) = oneshot::channel();
+        let (client, _) = Self::launch(b, Some(tx)).await?;
+        match rx.await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Shutdown),
+        }
+    }
+
+    async fn launch(
+        b: ClientBuilder,
+        first: Option<oneshot::Sender<Result<(), Error>>>,
+    ) -> Result<(Self, ()), Error> {
+        if b.secret.is_empty() {
+            return Err(Error::Config("the shared secret must not be empty".into()));
+        }
+        let endpoint = Endpoint::parse(&b.url)?;
+        let tls = if endpoint.is_tls() {
+            Some(b.tls.client_config()?)
+        } else {
+            None
+        };
+        let mut identity = identity::load(b.store.as_ref()).await?;
+        if let Some(wanted) = &b.name {
+            if identity.name.as_deref() != Some(wanted.as_str()) {
+                identity = Identity {
+                    name: Some(wanted.clone()),
+                    token: None,
+                };
+            }
+        }
+        let stop = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            state: watch::channel(State::Connecting).0,
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            hooks: b.hooks,
+            default_timeout: b.default_timeout,
+            stop: stop.clone(),
+            done: CancellationToken::new(),
+        });
+        let settings = Settings {
+            endpoint,
+            tls,
+            secret: b.secret,
+            meta: b.meta,
+            store: b.store,
+            link: b.link,
+            handshake_timeout: b.handshake_timeout,
+            backoff: b.backoff,
+        };
+        let span = tracing::info_span!("agent_client", url = %b.url);
+        tokio::spawn(supervise(Arc::clone(&inner), settings, identity, first).instrument(span));
+        Ok((
+            AgentClient {
+                inner,
+                _close_on_drop: Arc::new(CloseOnDrop(stop)),
+            },
+            (),
+        ))
+    }
+
+    /// Calls the server's hook `action` with the default timeout.
+    ///
+    /// While a connection attempt is under way the call waits for it (within
+    /// its timeout); while the client has no link it fails at once with
+    /// `OFFLINE`.
+    pub async fn send<B, R>(&self, action: &str, body: &B) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send_timeout(action, body, self.inner.default_timeout)
+            .await
+    }
+
+    /// Calls the server's hook `action`, waiting at most `timeout` in all.
+    pub async fn send_timeout<B, R>(
+        &self,
+        action: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let deadline = Instant::now() + timeout;
+        let server = self.ready_by(deadline, timeout).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        server.link().call(action, body, left).await
+    }
+
+    async fn ready_by(&self, deadline: Instant, timeout: Duration) -> Result<ServerHandle, Error> {
+        let mut rx = self.inner.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                State::Ready(server) if !server.link().is_closed() => return Ok(server.clone()),
+                State::Ready(_) | State::Offline | State::Closed => return Err(Error::Offline),
+                State::Connecting => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Error::Offline),
+                Err(_) => return Err(Error::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// Waits until the client is ready (through any reconnects), for at most
+    /// `timeout`. Fails with `OFFLINE` once the client stopped for good.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let mut rx = self.inner.state.subscribe();
+        let wait = async move {
+            let state = rx
+                .wait_for(|s| match s {
+                    State::Ready(server) => !server.link().is_closed(),
+                    State::Closed => true,
+                    State::Connecting | State::Offline => false,
+                })
+                .await;
+            matches!(state.as_deref(), Ok(State::Ready(_)))
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Offline),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// The agent's name, once the server gave one.
+    pub fn name(&self) -> Option<String> {
+        match &*self.inner.state.borrow() {
+            State::Ready(server) => Some(server.name().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// True while the client has a live, authenticated link.
+    pub fn is_ready(&self) -> bool {
+        matches!(&*self.inner.state.borrow(), State::Ready(s) if !s.link().is_closed())
+    }
+
+    /// The hook registry (shared with the builder's).
+    pub fn hooks(&self) -> &Hooks<ServerHandle> {
+        &self.inner.hooks
+    }
+
+    /// Adds a handler for `action` (see [`Hooks::on_hook`]).
+    pub fn on_hook<T, R, F, Fut>(&self, action: &str, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, agent_protocol::Call<ServerHandle>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, agent_protocol::HookError>> + Send + 'static,
+    {
+        self.inner.hooks.on_hook(action, f);
+        self
+    }
+
+    /// Subscribes to [`ClientEvent`]s from now on.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Closes the link cleanly (close code 1000) and stops reconnecting.
+    /// Calls in flight fail with `CONNECTION_CLOSED`; later calls with
+    /// `OFFLINE`.
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.done.cancelled().await;
+    }
+}
+
+/// One connection attempt: open, authenticate, persist the identity, start
+/// the link.
+async fn attempt(
+    inner: &Inner,
+    s: &Settings,
+    identity: &mut Identity,
+) -> Result<(ServerHandle, String, bool), Error> {
+    let d = Dial {
+        endpoint: &s.endpoint,
+        tls: s.tls.as_ref(),
+        secret: &s.secret,
+        link: &s.link,
+        identity: identity.clone(),
+        meta: s.meta.clone(),
+    };
+    let mut ws = dial::open(&d).await?;
+    inner.emit(ClientEvent::Connected);
+    let est = dial::authenticate(&mut ws, d).await?;
+    if est.identity != *identity {
+        *identity = est.identity.clone();
+        // The identity stays in memory either way, so the next reconnect
+        // still reclaims the name; only a restart would lose it.
+        if let Err(e) = identity::save(s.store.as_ref(), identity).await {
+            tracing::error!(error = %e, "could not save the agent's name and token");
+            inner.emit(ClientEvent::Error(e));
+        }
+    }
+    let name = est.name.clone();
+    let timeout = inner.default_timeout;
+    let (_link, server) = link::spawn(
+        ws,
+        Role::Agent,
+        s.link.clone(),
+        Some(&est.session),
+        inner.hooks.clone(),
+        |link| ServerHandle::new(&name, link, timeout),
+    );
+    Ok((server, est.name, est.first_time))
+}
+
+async fn supervise(
+    inner: Arc<Inner>,
+    s: Settings,
+    mut identity: Identity,
+    mut first: Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    let mut retry: u32 = 0;
+    let mut connected_before = false;
+    let mut last_error: Option<Error>;
+    loop {
+        inner.set_state(State::Connecting);
+        let outcome = tokio::select! {
+            biased;
+            _ = inner.stop.cancelled() => break,
+            r = tokio::time::timeout(s.handshake_timeout, attempt(&inner, &s, &mut identity)) => {
+                r.unwrap_or(Err(Error::HandshakeTimeout(s.handshake_timeout)))
+            }
+        };
+        match outcome {
+            Ok((server, name, first_time)) => {
+                tracing::info!(%name, first_time, "ready");
+                inner.set_state(State::Ready(server.clone()));
+                inner.emit(ClientEvent::Ready {
+                    name: name.clone(),
+                    first_time,
+                });
+                if connected_before {
+                    inner.emit(ClientEvent::Reconnected { name });
+                }
+                connected_before = true;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                let up_since = Instant::now();
+                let reason = tokio::select! {
+                    biased;
+                    _ = inner.stop.cancelled() => {
+                        server.link().close(close::NORMAL, "client closed");
+                        server.link().stopped().await;
+                        break;
+                    }
+                    reason = server.link().closed() => reason,
+                };
+                tracing::info!(%reason, "disconnected");
+                inner.set_state(State::Offline);
+                inner.emit(ClientEvent::Disconnected(reason.clone()));
+                if up_since.elapsed() >= s.backoff.healthy_after {
+                    retry = 0;
+                }
+                if reason.code == close::REVOKED {
+                    let e = Error::Rejected {
+                        code: codes::REVOKED.into(),
+                        message: reason.reason.clone(),
+                    };
+                    inner.emit(ClientEvent::GaveUp(e));
+                    break;
+                }
+                last_error = Some(Error::Closed(reason));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection attempt failed");
+                inner.set_state(State::Offline);
+                inner.emit(ClientEvent::Error(e.clone()));
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                if is_fatal(&e) {
+                    inner.emit(ClientEvent::GaveUp(e));
+                    break;
+                }
+                last_error = Some(e);
+            }
+        }
+        let Some(delay) = s.backoff.delay(retry) else {
+            let e = last_error
+                .take()
+                .unwrap_or_else(|| Error::Closed(CloseReason::local(close::NORMAL, "no retries")));
+            if s.backoff.enabled {
+                inner.emit(ClientEvent::GaveUp(e));
+            }
+            break;
+        };
+        retry = retry.saturating_add(1);
+        tracing::debug!(?delay, retry, "reconnecting after a delay");
+        tokio::select! {
+            biased;
+            _ = inner.stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    inner.set_state(State::Closed);
+    inner.done.cancel();
+}

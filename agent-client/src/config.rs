@@ -1,0 +1,236 @@
+//! The client's builder and configuration, with documented defaults.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_protocol::{Call, HookError, Hooks, LinkConfig, MemoryStore, NameStore, Secret};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::backoff::Backoff;
+use crate::client::AgentClient;
+use crate::peer::ServerHandle;
+use crate::Error;
+
+/// Default handshake deadline (TCP connect to `welcome`).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default timeout of `send`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds an [`AgentClient`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), agent_client::Error> {
+/// use agent_client::{AgentClient, FileStore, HookError};
+///
+/// let client = AgentClient::builder("ws://127.0.0.1:7800", "s3cret")
+///     .store(FileStore::new("/var/lib/agent/identity.json"))
+///     .meta("region", "eu-west")
+///     .on_hook("uptime", |_: (), _call| async { Ok::<_, HookError>(42u64) })
+///     .connect()
+///     .await?;
+/// println!("ready as {}", client.name().unwrap_or_default());
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct ClientBuilder {
+    pub(crate) url: String,
+    pub(crate) secret: Secret,
+    pub(crate) name: Option<String>,
+    pub(crate) meta: Map<String, Value>,
+    pub(crate) store: Arc<dyn NameStore>,
+    pub(crate) hooks: Hooks<ServerHandle>,
+    pub(crate) link: LinkConfig,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) default_timeout: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) tls: crate::tls::TlsOptions,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("name", &self.name)
+            .field("meta", &self.meta)
+            .field("link", &self.link)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("default_timeout", &self.default_timeout)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(url: &str, secret: Secret) -> Self {
+        ClientBuilder {
+            url: url.to_owned(),
+            secret,
+            name: None,
+            meta: Map::new(),
+            store: Arc::new(MemoryStore::new()),
+            hooks: Hooks::new(),
+            link: LinkConfig::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            default_timeout: DEFAULT_CALL_TIMEOUT,
+            backoff: Backoff::default(),
+            tls: crate::tls::TlsOptions::default(),
+        }
+    }
+
+    /// Asks for a name of the agent's own choosing instead of an assigned one.
+    /// Ignored when the store holds this name already (with its token).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Adds a metadata entry sent at connect; the server keeps it on the
+    /// agent's handle.
+    pub fn meta(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.meta.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Where the agent keeps its name and token. Default: a [`MemoryStore`],
+    /// which keeps the name across reconnects but not restarts.
+    pub fn store(mut self, store: impl NameStore) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// Like [`ClientBuilder::store`], for a store already in an `Arc`.
+    pub fn store_arc(mut self, store: Arc<dyn NameStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Adds a handler for `action` before connecting, so no call from the
+    /// server can arrive before it (see [`Hooks::on_hook`]).
+    pub fn on_hook<T, R, F, Fut>(self, action: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, Call<ServerHandle>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HookError>> + Send + 'static,
+    {
+        self.hooks.on_hook(action, f);
+        self
+    }
+
+    /// Adds a catch-all handler before connecting (see [`Hooks::on_any`]).
+    pub fn on_any<T, R, F, Fut>(self, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, Call<ServerHandle>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HookError>> + Send + 'static,
+    {
+        self.hooks.on_any(f);
+        self
+    }
+
+    /// Uses a registry of handlers built elsewhere.
+    pub fn hooks(mut self, hooks: Hooks<ServerHandle>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Deadline from TCP connect to `welcome`. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Timeout of calls that name none. Default 30 s.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Largest message accepted. Default 1 MiB.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.link.max_message_bytes = bytes;
+        self
+    }
+
+    /// Most requests in flight per direction. Default 256.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.link.max_in_flight = n;
+        self
+    }
+
+    /// Ping interval (`None`: no heartbeats). Default 5 s.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.link.ping_interval = interval;
+        self
+    }
+
+    /// Ping intervals without a sign of life before the link is declared
+    /// dead. Default 2.
+    pub fn missed_pongs(mut self, n: u32) -> Self {
+        self.link.missed_pongs = n;
+        self
+    }
+
+    /// Every limit and timer of the link at once.
+    pub fn link_config(mut self, config: LinkConfig) -> Self {
+        self.link = config;
+        self
+    }
+
+    /// How to reconnect after losing the link. Default: [`Backoff::default`];
+    /// [`Backoff::disabled`] turns reconnecting off.
+    pub fn reconnect(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file for `wss://`, besides the
+    /// built-in web roots.
+    pub fn tls_ca_pem_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_files.push(path.into());
+        self
+    }
+
+    /// Trusts these PEM-encoded CA certificates for `wss://`.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pems.push(pem.into());
+        self
+    }
+
+    /// Presents this certificate chain and key (PEM) to servers that require
+    /// client certificates.
+    pub fn tls_client_cert_pem(
+        mut self,
+        chain: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_cert = Some((chain.into(), key.into()));
+        self
+    }
+
+    /// Uses a ready rustls client configuration for `wss://` (overrides the
+    /// other TLS settings).
+    pub fn tls_config(mut self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+        self.tls.config = Some(config);
+        self
+    }
+
+    /// Loads the stored identity and starts connecting in the background;
+    /// returns at once. Calls made before the client is ready wait for it.
+    pub async fn start(self) -> Result<AgentClient, Error> {
+        AgentClient::start(self).await
+    }
+
+    /// Connects and waits until the handshake succeeded. Fails with the first
+    /// attempt's error (e.g. `WRONG_SECRET`, or `TRANSPORT` when the server is
+    /// unreachable); after that, lost links are re-established automatically.
+    pub async fn connect(self) -> Result<AgentClient, Error> {
+        AgentClient::connect(self).await
+    }
+}

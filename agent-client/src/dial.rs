@@ -1,0 +1,121 @@
+//! One connection attempt: TCP, TLS for `wss://`, the WebSocket upgrade with
+//! the agent-tunnel subprotocol, and the handshake, all under one deadline.
+
+use std::sync::Arc;
+
+use agent_protocol::handshake::{ClientHandshake, Established, Identity};
+use agent_protocol::transport::{self, MaybeTls};
+use agent_protocol::{close, Error, LinkConfig, Secret, SUBPROTOCOL};
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::WebSocketStream;
+
+/// The stream an agent's WebSocket runs on.
+pub(crate) type Stream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Where to connect, parsed from the URL once.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    uri: Uri,
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+impl Endpoint {
+    pub(crate) fn parse(url: &str) -> Result<Self, Error> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Config(format!("server URL {url:?}: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(Error::Config(format!(
+                    "server URL {url:?} must start with ws:// or wss://"
+                )))
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Config(format!("server URL {url:?} has no host")))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Endpoint {
+            uri,
+            host,
+            port,
+            tls,
+        })
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+/// What a connection attempt needs.
+pub(crate) struct Dial<'a> {
+    pub(crate) endpoint: &'a Endpoint,
+    pub(crate) tls: Option<&'a Arc<ClientConfig>>,
+    pub(crate) secret: &'a Secret,
+    pub(crate) link: &'a LinkConfig,
+    pub(crate) identity: Identity,
+    pub(crate) meta: Map<String, Value>,
+}
+
+/// Opens the WebSocket; `on_open` runs once it is up, before the handshake.
+pub(crate) async fn open(d: &Dial<'_>) -> Result<WebSocketStream<Stream>, Error> {
+    let tcp = TcpStream::connect((d.endpoint.host.as_str(), d.endpoint.port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match (d.endpoint.tls, d.tls) {
+        (false, _) => MaybeTls::Plain(tcp),
+        (true, Some(config)) => {
+            let name = ServerName::try_from(d.endpoint.host.clone())
+                .map_err(|e| Error::Config(format!("TLS server name: {e}")))?;
+            let tls = TlsConnector::from(Arc::clone(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Transport(format!("TLS handshake failed: {e}")))?;
+            MaybeTls::Tls(Box::new(tls))
+        }
+        (true, None) => return Err(Error::Config("wss:// needs a TLS configuration".into())),
+    };
+    let mut request = d.endpoint.uri.clone().into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(d.link.websocket()))
+            .await?;
+    Ok(ws)
+}
+
+/// Runs the handshake on an open WebSocket.
+pub(crate) async fn authenticate(
+    ws: &mut WebSocketStream<Stream>,
+    d: Dial<'_>,
+) -> Result<Established, Error> {
+    let mut hs = ClientHandshake::new(d.identity, d.meta);
+    let hello = transport::recv_frame(ws).await?;
+    let auth = hs.on_hello(d.secret, hello)?;
+    transport::send_frame(ws, &auth).await?;
+    let answer = transport::recv_frame(ws).await?;
+    match hs.on_answer(d.secret, answer) {
+        Ok(est) => Ok(est),
+        Err(Error::ServerUnverified) => {
+            transport::close(ws, close::AUTH_FAILED, "server proof failed").await;
+            Err(Error::ServerUnverified)
+        }
+        Err(e) => Err(e),
+    }
+}
