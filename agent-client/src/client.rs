@@ -345,6 +345,7 @@ async fn attempt(
         s.link.clone(),
         Some(&est.session),
         inner.hooks.clone(),
+        None,
         |link| ServerHandle::new(&name, link, timeout),
     );
     Ok((server, est.name, est.first_time))

@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// Default time shutdown lets calls in flight finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Default time a reclaim waits for the name's old link to answer a ping
+/// before replacing it as stale.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Builds an [`AgentServer`].
 ///
 /// ```no_run
@@ -48,6 +52,8 @@ pub struct ServerBuilder {
     pub(crate) sign_frames: bool,
     pub(crate) max_handshakes: usize,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) tls: crate::tls::TlsSettings,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -61,6 +67,11 @@ impl fmt::Debug for ServerBuilder {
             .field("sign_frames", &self.sign_frames)
             .field("max_handshakes", &self.max_handshakes)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("probe_timeout", &self.probe_timeout)
+            .field(
+                "tls",
+                &(self.tls.identity.is_some() || self.tls.config.is_some()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +88,8 @@ impl Default for ServerBuilder {
             sign_frames: false,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
@@ -172,6 +185,59 @@ impl ServerBuilder {
     /// Default 10 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// When an agent reclaims a name whose old link is still registered, the
+    /// server pings the old link and waits this long for any sign of life: a
+    /// live link makes the reclaim fail with `DUPLICATE_ID`, a silent one is
+    /// closed as stale and replaced. Default 2 s.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// Serves `wss://` with the PEM certificate chain and private key in
+    /// these files (read at start).
+    pub fn tls_pem_files(
+        mut self,
+        cert_chain: impl Into<std::path::PathBuf>,
+        private_key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.identity = Some(crate::tls::Identity::Files {
+            cert: cert_chain.into(),
+            key: private_key.into(),
+        });
+        self
+    }
+
+    /// Serves `wss://` with this PEM certificate chain and private key.
+    pub fn tls_pem(
+        mut self,
+        cert_chain: impl Into<Vec<u8>>,
+        private_key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some(crate::tls::Identity::Pem {
+            cert: cert_chain.into(),
+            key: private_key.into(),
+        });
+        self
+    }
+
+    /// Requires agents to present a client certificate signed by a CA in this
+    /// PEM (mutual TLS). Needs a server certificate too.
+    pub fn tls_client_ca_pem(mut self, ca: impl Into<Vec<u8>>) -> Self {
+        self.tls.client_ca.push(ca.into());
+        self
+    }
+
+    /// Serves `wss://` with a ready rustls configuration (overrides the other
+    /// TLS settings).
+    pub fn tls_config(
+        mut self,
+        config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> Self {
+        self.tls.config = Some(config);
         self
     }
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use agent_protocol::frame::{Frame, Limits};
 use agent_protocol::handshake::{Refusal, ServerHandshake, Session};
 use agent_protocol::link::{self, Role};
-use agent_protocol::transport::{self, RecvError};
+use agent_protocol::transport::{self, MaybeTls, RecvError};
 use agent_protocol::{close, codes, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 use crate::agent::{Agent, AgentInfo};
 use crate::events::ServerEvent;
-use crate::names::Grant;
+use crate::names::{Grant, GrantError};
 use crate::server::Inner;
 
 /// Accepts the upgrade only for clients that offer the agent-tunnel subprotocol.
@@ -78,31 +79,53 @@ impl From<RecvError> for Failure {
 ///
 /// `permit` counts this connection among those in their handshake; it is
 /// released as soon as the handshake ends, either way.
-pub(crate) async fn serve<S>(
-    stream: S,
+pub(crate) async fn serve(
+    tcp: TcpStream,
     peer_addr: SocketAddr,
-    tls: bool,
     server: Arc<Inner>,
     permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let span = tracing::info_span!("agent", peer = %peer_addr, name = tracing::field::Empty);
-    serve_inner(stream, peer_addr, tls, server, permit)
+    serve_inner(tcp, peer_addr, server, permit)
         .instrument(span)
         .await
 }
 
-async fn serve_inner<S>(
-    stream: S,
+/// The stream a server-side WebSocket runs on.
+type Stream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+
+async fn serve_inner(
+    tcp: TcpStream,
     peer_addr: SocketAddr,
-    tls: bool,
     server: Arc<Inner>,
     permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let deadline = Instant::now() + server.handshake_timeout;
+    // TLS runs here, in the connection's own task and under the handshake
+    // deadline, so a slow client never stalls the accept loop.
+    let stream: Stream = match &server.tls {
+        None => MaybeTls::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                server.emit(ServerEvent::HandshakeFailed {
+                    peer_addr,
+                    code: codes::TRANSPORT.into(),
+                });
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake did not finish before the handshake deadline");
+                server.emit(ServerEvent::HandshakeFailed {
+                    peer_addr,
+                    code: codes::HANDSHAKE_TIMEOUT.into(),
+                });
+                return;
+            }
+        },
+    };
+    let tls = stream.is_tls();
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         negotiate,
@@ -129,7 +152,7 @@ async fn serve_inner<S>(
     };
 
     let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server)).await;
-    let (grant, session, meta) = match authenticated {
+    let (grant, welcome, session, meta) = match authenticated {
         Ok(Ok(done)) => done,
         Ok(Err(failure)) => {
             let code = match &failure {
@@ -162,7 +185,8 @@ async fn serve_inner<S>(
         }
     };
     drop(permit);
-    // Past this point the name is reserved for us: every path releases it.
+    // Past this point the name is reserved for us: every path releases it
+    // or turns it into a live entry.
     tracing::Span::current().record("name", grant.name.as_str());
 
     if server.stop.is_cancelled() {
@@ -185,9 +209,15 @@ async fn serve_inner<S>(
         server.link.clone(),
         Some(&session),
         server.hooks.clone(),
-        |link| Agent::new(info, link),
+        Some(&welcome),
+        |link| {
+            // Registered before the link's tasks start, so the agent is
+            // known here before the welcome tells it that it is ready.
+            let agent = Agent::new(info, link);
+            server.registry.activate(agent.clone());
+            agent
+        },
     );
-    server.registry.activate(agent.clone());
     tracing::info!(first_time = grant.first_time, "agent connected");
     server.emit(ServerEvent::AgentConnected(agent.clone()));
 
@@ -201,7 +231,15 @@ async fn serve_inner<S>(
 async fn authenticate<S>(
     ws: &mut WebSocketStream<S>,
     server: &Inner,
-) -> Result<(Grant, Session, serde_json::Map<String, serde_json::Value>), Failure>
+) -> Result<
+    (
+        Grant,
+        Frame,
+        Session,
+        serde_json::Map<String, serde_json::Value>,
+    ),
+    Failure,
+>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -223,7 +261,40 @@ where
         }
     };
     let verified = hs.verify_auth(&server.secret, auth)?;
-    let grant = server.names.grant(&hs, &verified, &server.registry).await?;
+    let grant = match server.names.grant(&hs, &verified, &server.registry).await {
+        Ok(grant) => grant,
+        Err(GrantError::Refused(r)) => return Err(r.into()),
+        Err(GrantError::Held(old)) => {
+            // The agent proved the name, but a registered link holds it. A
+            // live holder keeps it; a silent one (half-open after a network
+            // cut) is stale and gives way, so a reconnect is never refused
+            // forever.
+            if old.link().probe(server.probe_timeout).await {
+                return Err(Failure::Refused(Refusal::new(
+                    codes::DUPLICATE_ID,
+                    format!("{} is connected already", old.name()),
+                    close::DUPLICATE_ID,
+                )));
+            }
+            tracing::info!("replacing a stale link of the same name");
+            old.link().close(
+                close::HEARTBEAT_TIMEOUT,
+                "stale: replaced by a new connection",
+            );
+            server.registry.remove(&old);
+            match server.names.grant(&hs, &verified, &server.registry).await {
+                Ok(grant) => grant,
+                Err(GrantError::Refused(r)) => return Err(r.into()),
+                Err(GrantError::Held(again)) => {
+                    return Err(Failure::Refused(Refusal::new(
+                        codes::DUPLICATE_ID,
+                        format!("{} is connected already", again.name()),
+                        close::DUPLICATE_ID,
+                    )))
+                }
+            }
+        }
+    };
     // Should the deadline cancel us before `welcome` is out, free the name.
     let reservation = Reservation {
         server,
@@ -245,11 +316,10 @@ where
         grant.token.as_ref(),
         limits,
     );
-    transport::send_frame(ws, &welcome)
-        .await
-        .map_err(|e| Failure::Gone(e.to_string()))?;
+    // The welcome goes out as the link's first frame, once the agent is
+    // registered.
     reservation.keep();
-    Ok((grant, session, verified.meta))
+    Ok((grant, welcome, session, verified.meta))
 }
 
 /// Releases a reserved name unless kept.

@@ -46,6 +46,7 @@ mod events;
 mod names;
 mod registry;
 mod server;
+mod tls;
 
 pub use agent::Agent;
 pub use config::ServerBuilder;

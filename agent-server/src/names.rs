@@ -16,7 +16,7 @@ use agent_protocol::name::is_valid_name;
 use agent_protocol::{Error, NameFormat, NameStore};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Registry;
+use crate::registry::{Lookup, Registry};
 
 /// Version of the store document this server writes.
 const DOC_VERSION: u32 = 1;
@@ -50,6 +50,29 @@ impl State {
         };
         serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Why a name was not granted.
+pub(crate) enum GrantError {
+    /// Refused outright.
+    Refused(Refusal),
+    /// The agent proved the name, but a registered link holds it: the caller
+    /// decides whether that link is alive (`DUPLICATE_ID`) or stale.
+    Held(crate::agent::Agent),
+}
+
+impl From<Refusal> for GrantError {
+    fn from(r: Refusal) -> Self {
+        GrantError::Refused(r)
+    }
+}
+
+fn duplicate(name: &str) -> Refusal {
+    Refusal::new(
+        codes::DUPLICATE_ID,
+        format!("{name} is connected already"),
+        close::DUPLICATE_ID,
+    )
 }
 
 /// A name granted to an agent.
@@ -150,7 +173,8 @@ impl NameBook {
         hs: &ServerHandshake,
         auth: &VerifiedAuth,
         registry: &Registry,
-    ) -> Result<Grant, Refusal> {
+    ) -> Result<Grant, GrantError> {
+        // Callers retry once after replacing a stale holder; see connection.rs.
         let _grant = self.grant_lock.lock().await;
         let (grant, doc) = {
             let mut st = self.state.lock();
@@ -176,27 +200,25 @@ impl NameBook {
                 }
                 Some(name) => {
                     if !is_valid_name(name) {
-                        return Err(Refusal::new(
+                        return Err(GrantError::Refused(Refusal::new(
                             codes::INVALID_NAME,
                             "names are 1 to 64 letters, digits, `-`, `_` or `.`",
                             close::NAME_REFUSED,
-                        ));
+                        )));
                     }
                     if st.revoked.contains(name) {
-                        return Err(Refusal::new(
+                        return Err(GrantError::Refused(Refusal::new(
                             codes::REVOKED,
                             format!("the name {name} is revoked"),
                             close::REVOKED,
-                        ));
+                        )));
                     }
                     let token = crypto::name_token(&st.key, name);
                     if hs.claim_proves(auth, &token) {
-                        if registry.contains(name) {
-                            return Err(Refusal::new(
-                                codes::DUPLICATE_ID,
-                                format!("{name} is connected already"),
-                                close::DUPLICATE_ID,
-                            ));
+                        match registry.get(name) {
+                            Lookup::Live(agent) => return Err(GrantError::Held(agent)),
+                            Lookup::Reserved => return Err(duplicate(name).into()),
+                            Lookup::Absent => {}
                         }
                         (
                             Grant {
@@ -207,11 +229,11 @@ impl NameBook {
                             None,
                         )
                     } else if Self::known_in(&self.format, &st, name) || registry.contains(name) {
-                        return Err(Refusal::new(
+                        return Err(GrantError::Refused(Refusal::new(
                             codes::NAME_TAKEN,
                             format!("{name} belongs to another agent; its token is required"),
                             close::NAME_REFUSED,
-                        ));
+                        )));
                     } else {
                         // A name of the agent's own choosing, new to this server.
                         match self.format.parse_name(name) {
@@ -235,19 +257,15 @@ impl NameBook {
         if let Some(doc) = doc {
             if let Err(e) = self.store.save(&doc).await {
                 tracing::error!(error = %e, "name store failed to save; refusing the agent");
-                return Err(Refusal::new(
+                return Err(GrantError::Refused(Refusal::new(
                     codes::STORE,
                     "the server could not persist the name",
                     close::INTERNAL_ERROR,
-                ));
+                )));
             }
         }
         if !registry.reserve(&grant.name) {
-            return Err(Refusal::new(
-                codes::DUPLICATE_ID,
-                format!("{} is connected already", grant.name),
-                close::DUPLICATE_ID,
-            ));
+            return Err(duplicate(&grant.name).into());
         }
         Ok(grant)
     }

@@ -43,6 +43,9 @@ pub(crate) struct Inner {
     /// Every connection task, so shutdown can wait for them.
     tasks: TaskTracker,
     local_addr: SocketAddr,
+    pub(crate) probe_timeout: Duration,
+    /// Present when serving `wss://`.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Inner {
@@ -52,12 +55,16 @@ impl Inner {
     }
 }
 
-/// Stops the server when the last [`AgentServer`] handle is dropped.
-struct StopOnDrop(CancellationToken);
+/// Stops the server when the last [`AgentServer`] handle is dropped: no more
+/// accepts, and every link closes with 1001 at once.
+struct StopOnDrop(Arc<Inner>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.stop.cancel();
+        for agent in self.0.registry.live() {
+            agent.link().close(close::GOING_AWAY, "server dropped");
+        }
     }
 }
 
@@ -158,9 +165,9 @@ impl AgentServer {
         let secret = b
             .secret
             .ok_or_else(|| Error::Config("a shared secret is required".into()))?;
+        let tls = b.tls.server_config()?.map(tokio_rustls::TlsAcceptor::from);
         let names = NameBook::load(format, b.store).await?;
         let local_addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
             secret,
             sign_frames: b.sign_frames,
@@ -172,17 +179,22 @@ impl AgentServer {
             registry: Registry::default(),
             hooks: Hooks::new(),
             events: broadcast::channel(EVENT_CAPACITY).0,
-            stop: stop.clone(),
+            stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             local_addr,
+            probe_timeout: b.probe_timeout,
+            tls,
         });
         let handshakes = Arc::new(Semaphore::new(b.max_handshakes.max(1)));
         let span = tracing::info_span!("agent_server", addr = %local_addr);
-        tokio::spawn(accept_loop(listener, Arc::clone(&inner), handshakes).instrument(span));
+        // Tracked, so shutdown returns only once the port is released.
+        inner
+            .tasks
+            .spawn(accept_loop(listener, Arc::clone(&inner), handshakes).instrument(span));
         tracing::info!(addr = %local_addr, "agent server listening");
         Ok(AgentServer {
+            _stop_on_drop: Arc::new(StopOnDrop(Arc::clone(&inner))),
             inner,
-            _stop_on_drop: Arc::new(StopOnDrop(stop)),
         })
     }
 
@@ -430,7 +442,7 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, handshakes: Arc<S
                 let _ = stream.set_nodelay(true);
                 let inner2 = Arc::clone(&inner);
                 inner.tasks.spawn(async move {
-                    connection::serve(stream, peer_addr, false, inner2, permit).await;
+                    connection::serve(stream, peer_addr, inner2, permit).await;
                 });
             }
         }

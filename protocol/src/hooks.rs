@@ -42,10 +42,10 @@ pub type HandlerResult = Result<Option<Box<RawValue>>, HookError>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+type ErasedFn<P> = dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync;
+
 /// A handler with its types erased, as stored in the registry.
-pub struct Handler<P>(
-    Arc<dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync>,
-);
+pub struct Handler<P>(Arc<ErasedFn<P>>);
 
 impl<P> Clone for Handler<P> {
     fn clone(&self) -> Self {

@@ -25,8 +25,10 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch, Semaphore};
+
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -58,6 +60,9 @@ pub(crate) enum Outbound {
     Text(String),
     /// A heartbeat ping.
     Ping,
+    /// A frame written as it is, never signed: the handshake's last frame,
+    /// queued ahead of everything else.
+    Unsigned(String),
 }
 
 pub(crate) struct Shared {
@@ -72,9 +77,22 @@ pub(crate) struct Shared {
     stop: CancellationToken,
     /// Permits for requests this side serves.
     serving: Arc<Semaphore>,
+    /// Messages read so far, for liveness probes.
+    pub(crate) seen: AtomicU64,
+    /// Probes waiting for the next message; the reader only notifies when set.
+    pub(crate) probing: AtomicUsize,
+    pub(crate) seen_notify: Notify,
 }
 
 impl Shared {
+    /// Counts one message read from the peer.
+    pub(crate) fn saw_message(&self) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        if self.probing.load(Ordering::Acquire) > 0 {
+            self.seen_notify.notify_waiters();
+        }
+    }
+
     /// Records why the link ended (the first reason wins) and fails every
     /// waiting caller with it.
     pub(crate) fn finish(&self, reason: CloseReason) {
@@ -209,6 +227,45 @@ impl LinkHandle {
         self.shared.ended.borrow().is_some()
     }
 
+    /// Pings the peer and waits up to `timeout` for any message from it.
+    /// True when the peer showed it is alive; false when it stayed silent or
+    /// the link is closed.
+    pub async fn probe(&self, timeout: Duration) -> bool {
+        struct Probing<'a>(&'a AtomicUsize);
+        impl Drop for Probing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if self.is_closed() {
+            return false;
+        }
+        let shared = &self.shared;
+        shared.probing.fetch_add(1, Ordering::AcqRel);
+        let _probing = Probing(&shared.probing);
+        let before = shared.seen.load(Ordering::Acquire);
+        if shared.tx.try_send(Outbound::Ping).is_err() {
+            // A full queue means the writer is stuck or the link is busy;
+            // the wait below tells which.
+            tracing::debug!("probe ping not queued");
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = shared.seen_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.seen.load(Ordering::Acquire) != before {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Requests this side sent that still wait for a response.
     pub fn pending_requests(&self) -> usize {
         self.shared.pending.len()
@@ -232,12 +289,16 @@ impl LinkHandle {
 ///
 /// `make_peer` builds the value handed to hooks as [`crate::Call::peer`]; it
 /// receives the link's handle so the peer value can call back over it.
+/// `first`, when given, is written before anything else and never signed:
+/// the server passes its `welcome` here, so the agent is registered before
+/// it learns that it is.
 pub fn spawn<S, P>(
     ws: WebSocketStream<S>,
     role: Role,
     config: LinkConfig,
     session: Option<&Session>,
     hooks: Hooks<P>,
+    first: Option<&Frame>,
     make_peer: impl FnOnce(LinkHandle) -> P,
 ) -> (LinkHandle, P)
 where
@@ -245,6 +306,10 @@ where
     P: Clone + Send + Sync + 'static,
 {
     let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+    if let Some(frame) = first {
+        // The queue is new and has room, so this cannot fail.
+        let _ = tx.try_send(Outbound::Unsigned(codec::encode(frame)));
+    }
     let (close_request, close_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -254,6 +319,9 @@ where
         close_request,
         ended: watch::channel(None).0,
         stop: CancellationToken::new(),
+        seen: AtomicU64::new(0),
+        probing: AtomicUsize::new(0),
+        seen_notify: Notify::new(),
     });
     let handle = LinkHandle {
         shared: Arc::clone(&shared),

@@ -68,6 +68,7 @@ pub(crate) async fn run<S, P>(
             // Cancel-safe: `next` on a split stream loses no message.
             msg = stream.next() => {
                 silent_ticks = 0;
+                shared.saw_message();
                 let result = match msg {
                     None => {
                         shared.finish(CloseReason::remote(close::ABNORMAL, "connection ended"));

@@ -31,6 +31,7 @@ fn to_message(out: Outbound, signer: &mut Option<Signer>) -> Message {
             None => Message::text(text),
         },
         Outbound::Ping => Message::Ping(Bytes::new()),
+        Outbound::Unsigned(text) => Message::text(text),
     }
 }
 
