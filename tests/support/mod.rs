@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod proxy;
+pub mod raw;
 
 use std::time::Duration;
 
