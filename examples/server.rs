@@ -1,0 +1,91 @@
+//! A control plane to run in one terminal while `examples/agent.rs` runs in
+//! another.
+//!
+//! Run with: cargo run --example server -- --secret s3cret [--addr 127.0.0.1:7800] [--store names.json]
+//!
+//! Every flag may also come from the environment: AGENT_TUNNEL_SECRET,
+//! AGENT_TUNNEL_ADDR, AGENT_TUNNEL_STORE. Ctrl-C shuts down gracefully.
+
+use std::time::Duration;
+
+use agent_tunnel::server::{AgentServer, ServerEvent};
+use agent_tunnel::{FileStore, HookError};
+use serde_json::{json, Value};
+
+fn arg(flag: &str, env: &str) -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == flag {
+            return args.next();
+        }
+    }
+    std::env::var(env).ok()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Some(secret) = arg("--secret", "AGENT_TUNNEL_SECRET") else {
+        eprintln!("usage: server --secret SECRET [--addr HOST:PORT] [--store FILE]");
+        std::process::exit(2);
+    };
+    let addr = arg("--addr", "AGENT_TUNNEL_ADDR").unwrap_or_else(|| "127.0.0.1:7800".into());
+    let mut builder = AgentServer::builder().secret(secret);
+    if let Some(path) = arg("--store", "AGENT_TUNNEL_STORE") {
+        builder = builder.store(FileStore::new(path));
+    }
+    let server = builder.start(addr.as_str()).await?;
+    println!("listening on ws://{}", server.local_addr());
+
+    server.on_hook("report", |load: Value, call| async move {
+        println!("{} reports {load}", call.peer.name());
+        Ok::<_, HookError>(json!({"ok": true}))
+    });
+
+    let mut events = server.events();
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            Ok(event) = events.recv() => match event {
+                ServerEvent::AgentConnected(agent) => {
+                    println!("+ {} from {} meta {:?}", agent.name(), agent.peer_addr(), agent.meta());
+                    let agent2 = agent.clone();
+                    tokio::spawn(async move {
+                        match agent2.send::<_, Value>("info", &()).await {
+                            Ok(info) => println!("  {} info: {info}", agent2.name()),
+                            Err(e) => println!("  {} info failed: {e}", agent2.name()),
+                        }
+                    });
+                }
+                ServerEvent::AgentDisconnected(agent, reason) => {
+                    println!("- {} ({reason})", agent.name());
+                }
+                ServerEvent::HandshakeFailed { peer_addr, code } => {
+                    println!("! handshake from {peer_addr} failed: {code}");
+                }
+                _ => {}
+            },
+            _ = ticker.tick() => {
+                match server.send_all::<_, Value>("ping", &()).await {
+                    Ok(results) => {
+                        for (name, result) in results {
+                            println!("  ping {name}: {}", match result {
+                                Ok(v) => v.to_string(),
+                                Err(e) => format!("error {}", e.code()),
+                            });
+                        }
+                    }
+                    Err(e) => println!("  ping: {e}"),
+                }
+            }
+        }
+    }
+    println!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
