@@ -482,3 +482,71 @@ async fn the_client_gives_up_after_its_last_retry() {
         "OFFLINE"
     );
 }
+
+/// Kicks the agent and waits for it to come back (or give up).
+async fn kick_and_wait(
+    s: &AgentServer,
+    name: &str,
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+) -> Result<String, String> {
+    s.disconnect(name, "kick").unwrap();
+    wait_for(events, "Reconnected or GaveUp", |e| match e {
+        ClientEvent::Reconnected { name } => Some(Ok(name.clone())),
+        ClientEvent::GaveUp(err) => Some(Err(err.code().to_owned())),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_count_starts_over_after_a_healthy_link() {
+    let s = server().start("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", s.local_addr());
+    let one_retry = Backoff::default()
+        .initial_delay(Duration::from_millis(5))
+        .max_retries(Some(1));
+
+    // Every link counts as healthy at once: each kick gets a fresh retry.
+    let client = echo_client(&url)
+        .reconnect(one_retry.clone().healthy_after(Duration::ZERO))
+        .connect()
+        .await
+        .unwrap();
+    let name = client.name().unwrap();
+    let mut events = client.events();
+    for _ in 0..3 {
+        assert_eq!(
+            kick_and_wait(&s, &name, &mut events).await,
+            Ok(name.clone())
+        );
+        soon("registered again", async {
+            while s.agent(&name).is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+    client.close().await;
+
+    // No link counts as healthy: the second kick finds the retry used up.
+    let client = echo_client(&url)
+        .reconnect(one_retry.healthy_after(Duration::from_secs(3600)))
+        .connect()
+        .await
+        .unwrap();
+    let name = client.name().unwrap();
+    let mut events = client.events();
+    assert_eq!(
+        kick_and_wait(&s, &name, &mut events).await,
+        Ok(name.clone())
+    );
+    soon("registered again", async {
+        while s.agent(&name).is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let second = kick_and_wait(&s, &name, &mut events).await;
+    assert!(second.is_err(), "{second:?}");
+    s.shutdown().await;
+}
