@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent_protocol::handshake::{ClientHandshake, Established, Identity};
 use agent_protocol::transport::{self, MaybeTls};
-use agent_protocol::{close, Error, LinkConfig, Secret, SUBPROTOCOL};
+use agent_protocol::{close, codes, Error, LinkConfig, Secret, SUBPROTOCOL};
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -107,7 +107,17 @@ pub(crate) async fn authenticate(
 ) -> Result<Established, Error> {
     let mut hs = ClientHandshake::new(d.identity, d.meta);
     let hello = transport::recv_frame(ws).await?;
-    let auth = hs.on_hello(d.secret, hello)?;
+    let auth = match hs.on_hello(d.secret, hello) {
+        Ok(auth) => auth,
+        Err(e) => {
+            let code = match e.code() {
+                codes::UNSUPPORTED_VERSION => close::UNSUPPORTED_VERSION,
+                _ => close::PROTOCOL_ERROR,
+            };
+            transport::close(ws, code, &e.to_string()).await;
+            return Err(e);
+        }
+    };
     transport::send_frame(ws, &auth).await?;
     let answer = transport::recv_frame(ws).await?;
     match hs.on_answer(d.secret, answer) {

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::{Lookup, Registry};
 
+/// Most chosen names a server keeps; beyond it new ones are refused.
+pub(crate) const MAX_CHOSEN_NAMES: usize = 100_000;
+
 /// Version of the store document this server writes.
 const DOC_VERSION: u32 = 1;
 
@@ -180,14 +183,18 @@ impl NameBook {
             let mut st = self.state.lock();
             match auth.name.as_deref() {
                 None => {
-                    let name = loop {
-                        let n = st.next;
-                        st.next = n.saturating_add(1);
-                        let name = self.format.format(n);
-                        if !st.chosen.contains(&name) && !registry.contains(&name) {
-                            break name;
-                        }
-                    };
+                    if st.next == u64::MAX {
+                        return Err(GrantError::Refused(Refusal::new(
+                            codes::INVALID_NAME,
+                            "the name counter is exhausted",
+                            close::NAME_REFUSED,
+                        )));
+                    }
+                    // Chosen names never have the format, so the counter's next
+                    // name is always free.
+                    let n = st.next;
+                    st.next = n + 1;
+                    let name = self.format.format(n);
                     let token = crypto::name_token(&st.key, &name);
                     (
                         Grant {
@@ -236,12 +243,26 @@ impl NameBook {
                         )));
                     } else {
                         // A name of the agent's own choosing, new to this server.
-                        match self.format.parse_name(name) {
-                            Some(n) => st.next = st.next.max(n.saturating_add(1)),
-                            None => {
-                                st.chosen.insert(name.to_owned());
-                            }
+                        // Names of the server's format are the counter's alone:
+                        // choosing one would skip or exhaust the counter.
+                        if self.format.parse_name(name).is_some() {
+                            return Err(GrantError::Refused(Refusal::new(
+                                codes::INVALID_NAME,
+                                format!(
+                                    "names of the form {} are assigned by the server",
+                                    self.format
+                                ),
+                                close::NAME_REFUSED,
+                            )));
                         }
+                        if st.chosen.len() >= MAX_CHOSEN_NAMES {
+                            return Err(GrantError::Refused(Refusal::new(
+                                codes::INVALID_NAME,
+                                "the server keeps no more chosen names",
+                                close::NAME_REFUSED,
+                            )));
+                        }
+                        st.chosen.insert(name.to_owned());
                         (
                             Grant {
                                 name: name.to_owned(),

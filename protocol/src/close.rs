@@ -94,3 +94,26 @@ impl fmt::Display for CloseReason {
         }
     }
 }
+
+/// Longest close reason, in bytes: a close frame's payload is at most 125
+/// bytes, two of them the code (RFC 6455 §5.5).
+pub const MAX_REASON_LEN: usize = 123;
+
+/// `reason` cut to [`MAX_REASON_LEN`] bytes at a character boundary, so the
+/// close frame carrying it stays valid.
+///
+/// ```
+/// use agent_protocol::close::{truncate_reason, MAX_REASON_LEN};
+/// assert_eq!(truncate_reason("short"), "short");
+/// assert!(truncate_reason(&"é".repeat(100)).len() <= MAX_REASON_LEN);
+/// ```
+pub fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason;
+    }
+    let mut end = MAX_REASON_LEN;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}

@@ -8,6 +8,9 @@ use crate::error::Error;
 /// Longest name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// Digits of the largest counter (`u64::MAX`).
+const MAX_COUNTER_DIGITS: usize = 20;
+
 /// True for a name of 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
 ///
 /// ```
@@ -24,7 +27,7 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A name format such as `A####`: the first run of `#` is a counter,
+/// A name format such as `A####`: its one run of `#` is a counter,
 /// zero-padded to the run's width and growing past it; text may stand on
 /// both sides of it.
 ///
@@ -81,11 +84,17 @@ impl std::str::FromStr for NameFormat {
         let suffix = &s[start + width..];
         let literal_ok = |t: &str| {
             t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         };
-        if !literal_ok(prefix) || !literal_ok(suffix) || s.len() > MAX_NAME_LEN - 8 {
+        if !literal_ok(prefix) || !literal_ok(suffix) {
             return Err(Error::Config(format!(
-                "name format {s:?} must be short and use only letters, digits, `-`, `_`, `.` and `#`"
+                "name format {s:?} must have one run of `#` and otherwise only letters, digits, `-`, `_` and `.`"
+            )));
+        }
+        // Every name it yields must be a valid name, up to the largest counter.
+        if prefix.len() + suffix.len() + width.max(MAX_COUNTER_DIGITS) > MAX_NAME_LEN {
+            return Err(Error::Config(format!(
+                "name format {s:?} is too long: its names could exceed {MAX_NAME_LEN} bytes"
             )));
         }
         Ok(NameFormat {
@@ -125,9 +134,14 @@ mod tests {
         assert_eq!(f.parse_name("node-003-eu"), None);
         assert_eq!(f.parse_name("node-03"), None);
         assert_eq!(f.to_string(), "node-##-eu");
-        // Only the first run counts; a later `#` is literal text.
-        let f: NameFormat = "A##x#".parse().unwrap();
-        assert_eq!(f.format(5), "A05x#");
+        // One run of `#` only, so every name it yields is a valid name.
+        assert!("A##x#".parse::<NameFormat>().is_err());
+        assert!(format!("{}#", "a".repeat(44)).parse::<NameFormat>().is_ok());
+        assert!(format!("{}#", "a".repeat(45))
+            .parse::<NameFormat>()
+            .is_err());
+        let f: NameFormat = format!("{}#", "a".repeat(44)).parse().unwrap();
+        assert!(is_valid_name(&f.format(u64::MAX)));
     }
 
     #[test]

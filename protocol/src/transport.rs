@@ -112,7 +112,7 @@ where
 {
     let frame = CloseFrame {
         code: CloseCode::from(code),
-        reason: reason.to_owned().into(),
+        reason: close::truncate_reason(reason).to_owned().into(),
     };
     let wait = async {
         if ws.close(Some(frame)).await.is_ok() {

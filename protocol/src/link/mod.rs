@@ -109,6 +109,7 @@ impl Shared {
 
     /// Ends the link locally and asks the writer to send a close frame.
     pub(crate) fn request_close(&self, code: u16, reason: &str) {
+        let reason = crate::close::truncate_reason(reason);
         self.finish(CloseReason::local(code, reason));
         self.close_request.send_if_modified(|slot| {
             if slot.is_none() {
