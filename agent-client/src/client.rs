@@ -25,7 +25,7 @@ use crate::identity;
 use crate::peer::ServerHandle;
 
 /// Capacity of the event channel.
-const EVENT_CAPACITY: usize = 1024;
+pub(crate) const EVENT_CAPACITY: usize = 1024;
 
 /// Where the client stands.
 #[derive(Clone, Debug)]
@@ -171,7 +171,7 @@ impl AgentClient {
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
             state: watch::channel(State::Connecting).0,
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events: b.events,
             hooks: b.hooks,
             default_timeout: b.default_timeout,
             stop: stop.clone(),
@@ -296,7 +296,8 @@ impl AgentClient {
         self
     }
 
-    /// Subscribes to [`ClientEvent`]s from now on.
+    /// Subscribes to [`ClientEvent`]s from now on (use
+    /// [`ClientBuilder::events`] to see the first connection's too).
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
         self.inner.events.subscribe()
     }

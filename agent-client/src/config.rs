@@ -48,6 +48,7 @@ pub struct ClientBuilder {
     pub(crate) default_timeout: Duration,
     pub(crate) backoff: Backoff,
     pub(crate) tls: crate::tls::TlsOptions,
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::ClientEvent>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -79,6 +80,7 @@ impl ClientBuilder {
             default_timeout: DEFAULT_CALL_TIMEOUT,
             backoff: Backoff::default(),
             tls: crate::tls::TlsOptions::default(),
+            events: tokio::sync::broadcast::channel(crate::client::EVENT_CAPACITY).0,
         }
     }
 
@@ -219,6 +221,12 @@ impl ClientBuilder {
     pub fn tls_config(mut self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
         self.tls.config = Some(config);
         self
+    }
+
+    /// Subscribes to the client's events before it starts, so that none is
+    /// missed, not even the first `Connected` and `Ready`.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::ClientEvent> {
+        self.events.subscribe()
     }
 
     /// Loads the stored identity and starts connecting in the background;

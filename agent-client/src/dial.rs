@@ -114,7 +114,7 @@ pub(crate) async fn authenticate(
                 codes::UNSUPPORTED_VERSION => close::UNSUPPORTED_VERSION,
                 _ => close::PROTOCOL_ERROR,
             };
-            transport::close(ws, code, &e.to_string()).await;
+            transport::close(ws, code, &e.to_string(), d.link.close_timeout).await;
             return Err(e);
         }
     };
@@ -123,7 +123,13 @@ pub(crate) async fn authenticate(
     match hs.on_answer(d.secret, answer) {
         Ok(est) => Ok(est),
         Err(Error::ServerUnverified) => {
-            transport::close(ws, close::AUTH_FAILED, "server proof failed").await;
+            transport::close(
+                ws,
+                close::AUTH_FAILED,
+                "server proof failed",
+                d.link.close_timeout,
+            )
+            .await;
             Err(Error::ServerUnverified)
         }
         Err(e) => Err(e),

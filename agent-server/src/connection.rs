@@ -158,11 +158,12 @@ async fn serve_inner(
             let code = match &failure {
                 Failure::Refused(r) => {
                     let _ = transport::send_frame(&mut ws, &r.frame()).await;
-                    transport::close(&mut ws, r.close_code, &r.message).await;
+                    transport::close(&mut ws, r.close_code, &r.message, server.link.close_timeout)
+                        .await;
                     r.code.to_owned()
                 }
                 Failure::Violation(close_code, reason) => {
-                    transport::close(&mut ws, *close_code, reason).await;
+                    transport::close(&mut ws, *close_code, reason, server.link.close_timeout).await;
                     codes::PROTOCOL_ERROR.to_owned()
                 }
                 Failure::Gone(why) => {
@@ -176,7 +177,13 @@ async fn serve_inner(
         }
         Err(_) => {
             tracing::debug!("handshake did not finish before its deadline");
-            transport::close(&mut ws, close::HANDSHAKE_TIMEOUT, "handshake timeout").await;
+            transport::close(
+                &mut ws,
+                close::HANDSHAKE_TIMEOUT,
+                "handshake timeout",
+                server.link.close_timeout,
+            )
+            .await;
             server.emit(ServerEvent::HandshakeFailed {
                 peer_addr,
                 code: codes::HANDSHAKE_TIMEOUT.into(),
@@ -191,7 +198,13 @@ async fn serve_inner(
 
     if server.stop.is_cancelled() {
         server.registry.release(&grant.name);
-        transport::close(&mut ws, close::GOING_AWAY, "server shutting down").await;
+        transport::close(
+            &mut ws,
+            close::GOING_AWAY,
+            "server shutting down",
+            server.link.close_timeout,
+        )
+        .await;
         return;
     }
 

@@ -104,10 +104,14 @@ where
     }
 }
 
-/// Sends a close frame and waits briefly for the peer's reply, so the close
-/// code reaches the peer before the socket drops.
-pub async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
-where
+/// Sends a close frame and waits up to `timeout` for the peer's reply, so the
+/// close code reaches the peer before the socket drops.
+pub async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: &str,
+    timeout: std::time::Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame {
@@ -120,7 +124,7 @@ where
             while let Some(Ok(_)) = ws.next().await {}
         }
     };
-    let _ = tokio::time::timeout(crate::link::DEFAULT_CLOSE_TIMEOUT, wait).await;
+    let _ = tokio::time::timeout(timeout, wait).await;
 }
 
 /// A TCP stream, or a TLS stream over one: what both sides run WebSocket on.

@@ -1,0 +1,237 @@
+//! Issue 2, item 3: stores. `FileStore` keeps private JSON and leaves no
+//! temporary files; a corrupt or unreadable store stops start-up instead of
+//! starting fresh; the `NameStore` trait is pluggable, and the server
+//! persists a new name before it answers.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use agent_tunnel::client::Backoff;
+use agent_tunnel::server::{ServerEvent, StoreError, StoreFuture};
+use agent_tunnel::{codes, FileStore, MemoryStore, NameStore};
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_server_store_stops_start_up_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for content in ["{ not json", "[1, 2, 3]", r#"{"version": 1}"#] {
+        let path = dir.path().join("server.json");
+        std::fs::write(&path, content).unwrap();
+        let err = within(
+            server_builder()
+                .store(FileStore::new(&path))
+                .start("127.0.0.1:0"),
+        )
+        .await
+        .expect_err("a corrupt store must stop start-up");
+        assert_eq!(err.code(), codes::STORE, "{content}: {err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_client_store_stops_the_client_and_is_left_alone() {
+    let server = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.json");
+    std::fs::write(&path, "{ not json").unwrap();
+
+    let err = within(
+        client_builder(&server)
+            .store(FileStore::new(&path))
+            .reconnect(Backoff::disabled())
+            .connect(),
+    )
+    .await
+    .expect_err("a corrupt store must stop the client");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    let err = within(client_builder(&server).store(FileStore::new(&path)).start())
+        .await
+        .expect_err("a corrupt store must stop the client");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+    assert!(server.agents().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_store_is_an_error_not_a_fresh_start() {
+    // A directory where the file should be cannot be read as one.
+    let dir = tempfile::tempdir().unwrap();
+    let err = within(
+        server_builder()
+            .store(FileStore::new(dir.path()))
+            .start("127.0.0.1:0"),
+    )
+    .await
+    .expect_err("an unreadable store must stop start-up");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+
+    let server = start_server().await;
+    let err = within(
+        client_builder(&server)
+            .store(FileStore::new(dir.path()))
+            .start(),
+    )
+    .await
+    .expect_err("an unreadable store must stop the client");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_stores_keep_private_json_and_no_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_file = dir.path().join("server.json");
+    let agent_file = dir.path().join("agent.json");
+    let server = start(server_builder().store(FileStore::new(&server_file))).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (c, n) = connect_plain(&server).await;
+        names.push((c, n));
+    }
+    let client = connect(
+        &server,
+        client_builder(&server).store(FileStore::new(&agent_file)),
+    )
+    .await;
+    let name = client.name().unwrap();
+
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["agent.json", "server.json"], "temporary files left");
+
+    for path in [&server_file, &agent_file] {
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc: Value = serde_json::from_str(&text).expect("the store holds JSON");
+        assert!(doc.is_object(), "{text}");
+        assert!(
+            !text.contains(SECRET),
+            "the shared secret was stored: {text}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+    // The agent keeps its name.
+    let agent_doc = std::fs::read_to_string(&agent_file).unwrap();
+    assert!(agent_doc.contains(&name), "{agent_doc}");
+}
+
+/// A store of the test's own: counts saves, and can be told to fail them or
+/// its load.
+#[derive(Default)]
+struct Flaky {
+    doc: Mutex<Option<Value>>,
+    saves: AtomicUsize,
+    fail_saves: AtomicBool,
+    fail_load: bool,
+}
+
+impl NameStore for Flaky {
+    fn load(&self) -> StoreFuture<'_, Option<Value>> {
+        let result = if self.fail_load {
+            Err(StoreError::new("backend unavailable"))
+        } else {
+            Ok(self.doc.lock().unwrap().clone())
+        };
+        Box::pin(async move { result })
+    }
+
+    fn save<'a>(&'a self, doc: &'a Value) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if self.fail_saves.load(Ordering::SeqCst) {
+                return Err(StoreError::new("disk full"));
+            }
+            *self.doc.lock().unwrap() = Some(doc.clone());
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_store_plugs_in_and_a_name_is_persisted_before_the_answer() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let mut events = server.events();
+    let at_start = store.saves.load(Ordering::SeqCst);
+
+    let (_a, a_name) = connect_plain(&server).await;
+    assert!(
+        store.saves.load(Ordering::SeqCst) > at_start,
+        "the new name was not saved before the agent was welcomed"
+    );
+    let _ = wait_for(&mut events, |e| match e {
+        ServerEvent::AgentConnected(a) if a.name() == a_name => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // When the name cannot be saved, the agent is not given it.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(
+        client_builder(&server)
+            .reconnect(Backoff::disabled())
+            .connect(),
+    )
+    .await
+    .expect_err("an unsaved name must not be handed out");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    let names: Vec<String> = server
+        .agents()
+        .iter()
+        .map(|a| a.name().to_owned())
+        .collect();
+    assert_eq!(names, std::slice::from_ref(&a_name));
+
+    // Once the store works again, so does naming; no name is given twice.
+    store.fail_saves.store(false, Ordering::SeqCst);
+    let (_b, b_name) = connect_plain(&server).await;
+    assert_ne!(b_name, a_name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_store_that_fails_to_load_stops_start_up() {
+    let failing = Arc::new(Flaky {
+        fail_load: true,
+        ..Flaky::default()
+    });
+    let err = within(
+        server_builder()
+            .store_arc(failing.clone())
+            .start("127.0.0.1:0"),
+    )
+    .await
+    .expect_err("a store that fails to load must stop start-up");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+
+    let server = start_server().await;
+    let err = within(client_builder(&server).store_arc(failing).start())
+        .await
+        .expect_err("a store that fails to load must stop the client");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_its_name_and_token_in_its_store() {
+    let server = start_server().await;
+    let store: Arc<dyn NameStore> = Arc::new(MemoryStore::new());
+    assert_eq!(store.load().await.unwrap(), None);
+    let client = connect(
+        &server,
+        client_builder(&server).store_arc(Arc::clone(&store)),
+    )
+    .await;
+    let doc = store.load().await.unwrap().expect("the identity was saved");
+    let text = doc.to_string();
+    assert!(text.contains(&client.name().unwrap()), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+}
