@@ -274,6 +274,15 @@ impl AgentClient {
         }
     }
 
+    /// Calls this client sent on its current link that still wait for a
+    /// response (0 without a link).
+    pub fn pending_requests(&self) -> usize {
+        match &*self.inner.state.borrow() {
+            State::Ready(server) => server.link().pending_requests(),
+            _ => 0,
+        }
+    }
+
     /// True while the client has a live, authenticated link.
     pub fn is_ready(&self) -> bool {
         matches!(&*self.inner.state.borrow(), State::Ready(s) if !s.link().is_closed())

@@ -51,7 +51,7 @@ mod tls;
 pub use agent::Agent;
 pub use config::ServerBuilder;
 pub use events::ServerEvent;
-pub use server::{AgentServer, Target};
+pub use server::{AgentServer, ServerStats, Target};
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
 pub use agent_protocol::{

@@ -92,6 +92,15 @@ impl Registry {
         agents
     }
 
+    /// Number of names reserved by unfinished handshakes.
+    pub(crate) fn reserved_count(&self) -> usize {
+        self.map
+            .read()
+            .values()
+            .filter(|s| matches!(s, Slot::Reserved))
+            .count()
+    }
+
     /// Number of live agents.
     pub(crate) fn live_count(&self) -> usize {
         self.map

@@ -44,6 +44,9 @@ pub(crate) struct Inner {
     tasks: TaskTracker,
     local_addr: SocketAddr,
     pub(crate) probe_timeout: Duration,
+    /// Permits for connections in their handshake.
+    handshakes: Arc<Semaphore>,
+    max_handshakes: usize,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -66,6 +69,24 @@ impl Drop for StopOnDrop {
             agent.link().close(close::GOING_AWAY, "server dropped");
         }
     }
+}
+
+/// Counts from [`AgentServer::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Agents connected and registered.
+    pub agents: usize,
+    /// Names reserved by handshakes that have not finished.
+    pub reserved_names: usize,
+    /// Connections in their handshake.
+    pub handshakes: usize,
+    /// Connection tasks alive, in any state (including ones still closing).
+    pub connections: usize,
+    /// Calls from the server to agents waiting for a response.
+    pub pending_requests: usize,
+    /// Calls from agents the server is serving now.
+    pub serving_requests: usize,
 }
 
 /// Which agent a call goes to: a name, or an [`Agent`] handle.
@@ -183,14 +204,15 @@ impl AgentServer {
             tasks: TaskTracker::new(),
             local_addr,
             probe_timeout: b.probe_timeout,
+            handshakes: Arc::new(Semaphore::new(b.max_handshakes.max(1))),
+            max_handshakes: b.max_handshakes.max(1),
             tls,
         });
-        let handshakes = Arc::new(Semaphore::new(b.max_handshakes.max(1)));
         let span = tracing::info_span!("agent_server", addr = %local_addr);
         // Tracked, so shutdown returns only once the port is released.
         inner
             .tasks
-            .spawn(accept_loop(listener, Arc::clone(&inner), handshakes).instrument(span));
+            .spawn(accept_loop(listener, Arc::clone(&inner)).instrument(span));
         tracing::info!(addr = %local_addr, "agent server listening");
         Ok(AgentServer {
             _stop_on_drop: Arc::new(StopOnDrop(Arc::clone(&inner))),
@@ -412,13 +434,35 @@ impl AgentServer {
         tracing::info!("agent server stopped");
     }
 
+    /// A snapshot of the server's bookkeeping: what is connected, in flight
+    /// and open. After every agent has left, all but `connections` (which
+    /// counts tasks still closing) are zero.
+    pub fn stats(&self) -> ServerStats {
+        let inner = &self.inner;
+        let live = inner.registry.live();
+        ServerStats {
+            agents: live.len(),
+            reserved_names: inner.registry.reserved_count(),
+            handshakes: inner
+                .max_handshakes
+                .saturating_sub(inner.handshakes.available_permits()),
+            // One tracked task is the accept loop while it runs.
+            connections: inner
+                .tasks
+                .len()
+                .saturating_sub(usize::from(!inner.stop.is_cancelled())),
+            pending_requests: live.iter().map(|a| a.link().pending_requests()).sum(),
+            serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
+        }
+    }
+
     /// True once shutdown has begun.
     pub fn is_stopped(&self) -> bool {
         self.inner.stop.is_cancelled()
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, handshakes: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     loop {
         tokio::select! {
             biased;
@@ -435,7 +479,7 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, handshakes: Arc<S
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                let Ok(permit) = Arc::clone(&inner.handshakes).try_acquire_owned() else {
                     tracing::warn!(peer = %peer_addr, "too many pending handshakes; connection dropped");
                     continue;
                 };
