@@ -25,7 +25,8 @@ use crate::identity;
 use crate::peer::ServerHandle;
 
 /// Capacity of the event channel.
-pub(crate) const EVENT_CAPACITY: usize = 1024;
+/// Events are rare; a receiver more than this far behind skips the oldest.
+pub(crate) const EVENT_CAPACITY: usize = 64;
 
 /// Where the client stands.
 #[derive(Clone, Debug)]

@@ -18,6 +18,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most connections that may be in their handshake at once.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default most connections from one address that may be in their
+/// handshake at once.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 256;
 /// Default time shutdown lets calls in flight finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -51,6 +54,7 @@ pub struct ServerBuilder {
     pub(crate) default_timeout: Duration,
     pub(crate) sign_frames: bool,
     pub(crate) max_handshakes: usize,
+    pub(crate) max_handshakes_per_ip: usize,
     pub(crate) shutdown_grace: Duration,
     pub(crate) probe_timeout: Duration,
     pub(crate) tls: crate::tls::TlsSettings,
@@ -66,6 +70,7 @@ impl fmt::Debug for ServerBuilder {
             .field("default_timeout", &self.default_timeout)
             .field("sign_frames", &self.sign_frames)
             .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("probe_timeout", &self.probe_timeout)
             .field(
@@ -87,6 +92,7 @@ impl Default for ServerBuilder {
             default_timeout: DEFAULT_CALL_TIMEOUT,
             sign_frames: false,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             tls: crate::tls::TlsSettings::default(),
@@ -178,6 +184,14 @@ impl ServerBuilder {
     /// accept. Default 1024.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Most connections from one source address in their handshake at once;
+    /// more from that address are dropped at accept, so one address cannot
+    /// hold every handshake slot. Default 256.
+    pub fn max_pending_handshakes_per_ip(mut self, n: usize) -> Self {
+        self.max_handshakes_per_ip = n;
         self
     }
 

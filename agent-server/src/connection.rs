@@ -14,7 +14,6 @@ use agent_protocol::transport::{self, MaybeTls, RecvError};
 use agent_protocol::{close, codes, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -24,7 +23,7 @@ use tracing::Instrument;
 use crate::agent::{Agent, AgentInfo};
 use crate::events::ServerEvent;
 use crate::names::{Grant, GrantError};
-use crate::server::Inner;
+use crate::server::{HandshakeSlot, Inner};
 
 /// Accepts the upgrade only for clients that offer the agent-tunnel subprotocol.
 #[allow(clippy::result_large_err)]
@@ -83,7 +82,7 @@ pub(crate) async fn serve(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     server: Arc<Inner>,
-    permit: OwnedSemaphorePermit,
+    permit: HandshakeSlot,
 ) {
     let span = tracing::info_span!("agent", peer = %peer_addr, name = tracing::field::Empty);
     serve_inner(tcp, peer_addr, server, permit)
@@ -98,7 +97,7 @@ async fn serve_inner(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     server: Arc<Inner>,
-    permit: OwnedSemaphorePermit,
+    permit: HandshakeSlot,
 ) {
     let deadline = Instant::now() + server.handshake_timeout;
     // TLS runs here, in the connection's own task and under the handshake
@@ -152,6 +151,8 @@ async fn serve_inner(
     };
 
     let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server)).await;
+    // The handshake is over either way: free its slot before any close wait.
+    drop(permit);
     let (grant, welcome, session, meta) = match authenticated {
         Ok(Ok(done)) => done,
         Ok(Err(failure)) => {
@@ -191,7 +192,6 @@ async fn serve_inner(
             return;
         }
     };
-    drop(permit);
     // Past this point the name is reserved for us: every path releases it
     // or turns it into a live entry.
     tracing::Span::current().record("name", grant.name.as_str());

@@ -11,8 +11,11 @@ use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret};
 use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -47,6 +50,9 @@ pub(crate) struct Inner {
     /// Permits for connections in their handshake.
     handshakes: Arc<Semaphore>,
     max_handshakes: usize,
+    /// Connections in their handshake, by source address.
+    handshakes_by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+    max_handshakes_per_ip: usize,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -206,6 +212,8 @@ impl AgentServer {
             probe_timeout: b.probe_timeout,
             handshakes: Arc::new(Semaphore::new(b.max_handshakes.max(1))),
             max_handshakes: b.max_handshakes.max(1),
+            handshakes_by_ip: Arc::default(),
+            max_handshakes_per_ip: b.max_handshakes_per_ip.max(1),
             tls,
         });
         let span = tracing::info_span!("agent_server", addr = %local_addr);
@@ -357,20 +365,17 @@ impl AgentServer {
         // Serialize once; every agent gets the same bytes.
         let raw = serde_json::value::to_raw_value(body)
             .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
-        let calls = agents.iter().map(|agent| {
-            let body = raw.clone();
-            async move {
-                let result = agent
-                    .link()
-                    .request(action, body, timeout)
-                    .await
-                    .and_then(|res| {
-                        serde_json::from_str::<R>(res.get()).map_err(|e| {
-                            Error::InvalidMessage(format!("response to {action:?}: {e}"))
-                        })
-                    });
-                (agent.name().to_owned(), result)
-            }
+        let raw = &*raw;
+        let calls = agents.iter().map(|agent| async move {
+            let result = agent
+                .link()
+                .request(action, raw, timeout)
+                .await
+                .and_then(|res| {
+                    serde_json::from_str::<R>(res.get())
+                        .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
+                });
+            (agent.name().to_owned(), result)
         });
         Ok(join_all(calls).await.into_iter().collect())
     }
@@ -462,6 +467,43 @@ impl AgentServer {
     }
 }
 
+/// One connection's place among those in their handshake, counted globally
+/// and per source address; dropping it frees both.
+pub(crate) struct HandshakeSlot {
+    _permit: OwnedSemaphorePermit,
+    by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl HandshakeSlot {
+    fn take(inner: &Inner, ip: IpAddr) -> Option<Self> {
+        let permit = Arc::clone(&inner.handshakes).try_acquire_owned().ok()?;
+        let mut by_ip = inner.handshakes_by_ip.lock();
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= inner.max_handshakes_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            _permit: permit,
+            by_ip: Arc::clone(&inner.handshakes_by_ip),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.by_ip.lock();
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     loop {
         tokio::select! {
@@ -479,14 +521,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&inner.handshakes).try_acquire_owned() else {
+                let Some(slot) = HandshakeSlot::take(&inner, peer_addr.ip()) else {
                     tracing::warn!(peer = %peer_addr, "too many pending handshakes; connection dropped");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let inner2 = Arc::clone(&inner);
                 inner.tasks.spawn(async move {
-                    connection::serve(stream, peer_addr, inner2, permit).await;
+                    connection::serve(stream, peer_addr, inner2, slot).await;
                 });
             }
         }

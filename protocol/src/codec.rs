@@ -156,8 +156,101 @@ pub fn decode(text: &str) -> Result<Frame, DecodeError> {
     Ok(frame)
 }
 
+/// Appends `s` as a JSON string, exactly as `serde_json` writes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn into_text(buf: Vec<u8>) -> Result<String, DecodeError> {
+    String::from_utf8(buf).map_err(|e| DecodeError::InvalidJson(e.to_string()))
+}
+
+/// Encodes a `req` frame whose body `write_body` writes in place, so a typed
+/// body is serialized once, straight into the frame.
+pub fn encode_req_with(
+    id: RequestId,
+    action: &str,
+    timeout_ms: Option<u64>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    let mut buf = Vec::with_capacity(96 + action.len());
+    buf.extend_from_slice(br#"{"t":"req","id":"#);
+    push_u64(&mut buf, id);
+    buf.extend_from_slice(br#","action":"#);
+    push_json_str(&mut buf, action);
+    buf.extend_from_slice(br#","body":"#);
+    write_body(&mut buf)?;
+    if let Some(ms) = timeout_ms {
+        buf.extend_from_slice(br#","timeout_ms":"#);
+        push_u64(&mut buf, ms);
+    }
+    buf.push(b'}');
+    into_text(buf).map_err(serde::ser::Error::custom)
+}
+
+/// Encodes a `req` frame around a body that is JSON already.
+pub fn encode_req(id: RequestId, action: &str, body: &RawValue, timeout_ms: Option<u64>) -> String {
+    let raw = body.get().as_bytes();
+    encode_req_with(id, action, timeout_ms, |buf| {
+        buf.extend_from_slice(raw);
+        Ok(())
+    })
+    .unwrap_or_default()
+}
+
+/// Encodes a `res` frame with its outcome.
+pub fn encode_res(id: RequestId, outcome: Result<&RawValue, &HookError>) -> String {
+    let mut buf = Vec::with_capacity(
+        48 + match outcome {
+            Ok(body) => body.get().len(),
+            Err(e) => e.message.len() + 32,
+        },
+    );
+    buf.extend_from_slice(br#"{"t":"res","id":"#);
+    push_u64(&mut buf, id);
+    match outcome {
+        Ok(body) => {
+            buf.extend_from_slice(br#","ok":"#);
+            buf.extend_from_slice(body.get().as_bytes());
+        }
+        Err(e) => {
+            buf.extend_from_slice(br#","err":"#);
+            if serde_json::to_writer(&mut buf, e).is_err() {
+                buf.extend_from_slice(br#"{"code":"INTERNAL_ERROR","message":""}"#);
+            }
+        }
+    }
+    buf.push(b'}');
+    into_text(buf).unwrap_or_default()
+}
+
 /// Encodes a frame as the text of one WebSocket message.
 pub fn encode(frame: &Frame) -> String {
+    // The two frames of every call take the direct path.
+    match frame {
+        Frame::Req(r) => return encode_req(r.id, &r.action, &r.body, r.timeout_ms),
+        Frame::Res(r) => {
+            return encode_res(
+                r.id,
+                match &r.outcome {
+                    Outcome::Ok(b) => Ok(b),
+                    Outcome::Err(e) => Err(e),
+                },
+            )
+        }
+        _ => {}
+    }
     // Serializing these types cannot fail: every map key is a string and every
     // body is already valid JSON. Should that ever change, the error surfaces
     // as an `INTERNAL_ERROR` frame instead of a panic.
@@ -198,6 +291,59 @@ mod tests {
                 assert_eq!(r.timeout_ms, Some(1500));
             }
             other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn direct_encoders_match_serde_byte_for_byte() {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "t", rename_all = "lowercase")]
+        enum Plain<'a> {
+            Req(&'a Req),
+            Res(&'a Res),
+        }
+        let reqs = [
+            Req {
+                id: 0,
+                action: "plain".into(),
+                body: raw("null"),
+                timeout_ms: None,
+            },
+            Req {
+                id: u64::MAX,
+                action: "quote\"back\\slash\u{1}é\u{7f}".into(),
+                body: raw(r#"{"a":[1,"x"]}"#),
+                timeout_ms: Some(30_000),
+            },
+        ];
+        for r in &reqs {
+            assert_eq!(
+                encode(&Frame::Req(r.clone())),
+                serde_json::to_string(&Plain::Req(r)).unwrap()
+            );
+        }
+        let res = [
+            Res {
+                id: 7,
+                outcome: Outcome::Ok(raw(r#""ok""#)),
+            },
+            Res {
+                id: 8,
+                outcome: Outcome::Err(
+                    HookError::new("E", "line\nbreak \"q\"")
+                        .with_data(serde_json::json!({"k": [1]})),
+                ),
+            },
+            Res {
+                id: 9,
+                outcome: Outcome::Err(HookError::new("E", "")),
+            },
+        ];
+        for r in &res {
+            assert_eq!(
+                encode(&Frame::Res(r.clone())),
+                serde_json::to_string(&Plain::Res(r)).unwrap()
+            );
         }
     }
 

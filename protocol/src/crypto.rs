@@ -120,6 +120,8 @@ pub fn decode_hex32(s: &str) -> Option<[u8; LEN]> {
 }
 
 /// A MAC being computed over a tag and fields; finish it or verify it.
+/// Cloning a keyed input is cheaper than keying a new one.
+#[derive(Clone)]
 pub struct MacInput(HmacSha256);
 
 impl MacInput {
@@ -206,10 +208,20 @@ pub fn session_key(secret: &Secret, nonce_s: &[u8; LEN], nonce_c: &[u8; LEN]) ->
 
 /// `HMAC(session_key, TAG_FRAME ‖ direction ‖ seq_be64 ‖ frame bytes)`.
 pub fn frame_mac_input(session: &Key, direction: u8, seq: u64, frame: &[u8]) -> MacInput {
-    MacInput::new(&session.0, TAG_FRAME)
-        .fixed(&[direction])
-        .fixed(&seq.to_be_bytes())
-        .fixed(frame)
+    frame_mac_base(session, direction).frame(seq, frame)
+}
+
+/// The keyed state `HMAC(session_key, TAG_FRAME ‖ direction ‖ …)`, computed
+/// once per link and direction; [`MacInput::frame`] finishes it per frame.
+pub fn frame_mac_base(session: &Key, direction: u8) -> MacInput {
+    MacInput::new(&session.0, TAG_FRAME).fixed(&[direction])
+}
+
+impl MacInput {
+    /// Continues a [`frame_mac_base`] with one frame's sequence number and bytes.
+    pub fn frame(&self, seq: u64, frame: &[u8]) -> MacInput {
+        self.clone().fixed(&seq.to_be_bytes()).fixed(frame)
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub type HandlerResult = Result<Option<Box<RawValue>>, HookError>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-type ErasedFn<P> = dyn Fn(Arc<RawValue>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync;
+// The body is parsed before the future is built, so a borrow is enough.
+type ErasedFn<P> = dyn Fn(&RawValue, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync;
 
 /// A handler with its types erased, as stored in the registry.
 pub struct Handler<P>(Arc<ErasedFn<P>>);
@@ -72,7 +73,7 @@ where
     Fut: Future<Output = Result<R, HookError>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Handler(Arc::new(move |body: Arc<RawValue>, call: Call<P>| {
+    Handler(Arc::new(move |body: &RawValue, call: Call<P>| {
         let parsed = serde_json::from_str::<T>(body.get());
         let f = Arc::clone(&f);
         Box::pin(async move {
@@ -208,14 +209,13 @@ impl<P: Clone + Send + 'static> Hooks<P> {
                 format!("no hook for action {:?}", &*action),
             ));
         }
-        let body: Arc<RawValue> = Arc::from(body);
         let mut last: Option<Box<RawValue>> = None;
         for h in any.iter().chain(own.iter()) {
             let call = Call {
                 action: Arc::clone(&action),
                 peer: peer.clone(),
             };
-            let fut = (h.0)(Arc::clone(&body), call);
+            let fut = (h.0)(&body, call);
             match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(Ok(Some(v))) => last = Some(v),
                 Ok(Ok(None)) => {}

@@ -15,7 +15,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::crypto::{self, Key};
+use crate::crypto::{self, Key, MacInput};
 
 /// Direction byte of frames the server sends.
 pub const SERVER_TO_AGENT: u8 = b'S';
@@ -46,19 +46,24 @@ pub enum SignError {
 }
 
 /// Signs outgoing frames for one direction of one link.
-#[derive(Debug)]
 pub struct Signer {
-    key: Key,
-    direction: u8,
+    base: MacInput,
     seq: u64,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Signer {
     /// A signer starting at sequence number 0.
     pub fn new(key: Key, direction: u8) -> Self {
         Signer {
-            key,
-            direction,
+            base: crypto::frame_mac_base(&key, direction),
             seq: 0,
         }
     }
@@ -67,13 +72,15 @@ impl Signer {
     pub fn sign(&mut self, frame: &str) -> String {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let mac =
-            crypto::frame_mac_input(&self.key, self.direction, seq, frame.as_bytes()).finish();
-        let mut out = String::with_capacity(frame.len() + 110);
+        let mac = self.base.frame(seq, frame.as_bytes()).finish();
+        let mut mac_hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(mac, &mut mac_hex);
+        let mut out = String::with_capacity(frame.len() + 120);
         out.push_str(r#"{"t":"sig","seq":"#);
-        out.push_str(&seq.to_string());
+        out.push_str(itoa::Buffer::new().format(seq));
         out.push_str(r#","mac":""#);
-        out.push_str(&hex::encode(mac));
+        out.push_str(std::str::from_utf8(&mac_hex).unwrap_or_default());
         out.push_str(r#"","f":"#);
         out.push_str(frame);
         out.push('}');
@@ -92,19 +99,24 @@ struct Envelope<'a> {
 }
 
 /// Verifies incoming frames for one direction of one link.
-#[derive(Debug)]
 pub struct Verifier {
-    key: Key,
-    direction: u8,
+    base: MacInput,
     expected: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Verifier {
     /// A verifier expecting sequence number 0 first.
     pub fn new(key: Key, direction: u8) -> Self {
         Verifier {
-            key,
-            direction,
+            base: crypto::frame_mac_base(&key, direction),
             expected: 0,
         }
     }
@@ -121,9 +133,7 @@ impl Verifier {
         }
         let mac = crypto::decode_hex32(env.mac).ok_or(SignError::BadMac)?;
         let frame = env.f.get();
-        if !crypto::frame_mac_input(&self.key, self.direction, env.seq, frame.as_bytes())
-            .verify(&mac)
-        {
+        if !self.base.frame(env.seq, frame.as_bytes()).verify(&mac) {
             return Err(SignError::BadMac);
         }
         // Checked after the MAC so that a forged sequence number reads as forgery.

@@ -22,6 +22,9 @@ pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
 /// Default write buffer per connection (frames are flushed past it).
 pub const DEFAULT_WRITE_BUFFER: usize = 4 * 1024;
 
+/// Bytes a frame may add to a message: WebSocket header and signed envelope.
+pub const FRAME_OVERHEAD: usize = 256;
+
 /// Limits and timers of one link. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -69,11 +72,13 @@ impl LinkConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer)
             .write_buffer_size(self.write_buffer)
-            // Room for a full message plus its frame header in the queue.
+            // Frames queue up to `write_buffer` before they go out, so the cap
+            // must leave room for one more whole message (plus its header and
+            // a signed envelope) on top of that.
             .max_write_buffer_size(
-                self.max_message_bytes
-                    .saturating_mul(2)
-                    .max(self.write_buffer + 1),
+                self.write_buffer
+                    .saturating_add(self.max_message_bytes)
+                    .saturating_add(FRAME_OVERHEAD),
             )
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))

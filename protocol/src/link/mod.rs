@@ -38,7 +38,7 @@ pub use config::*;
 use crate::close::CloseReason;
 use crate::codec;
 use crate::error::Error;
-use crate::frame::{Frame, Req};
+use crate::frame::Frame;
 use crate::handshake::Session;
 use crate::hooks::Hooks;
 use crate::signed::{self, Signer, Verifier};
@@ -67,6 +67,9 @@ pub(crate) enum Outbound {
 
 pub(crate) struct Shared {
     config: LinkConfig,
+    /// Largest frame this side sends, before any signed envelope: what the
+    /// peer accepts, less room for the envelope when frames are signed.
+    pub(crate) max_out: usize,
     pending: Arc<Pending>,
     tx: mpsc::Sender<Outbound>,
     /// Set once, by whoever first asks the link to close; the writer sends it.
@@ -146,19 +149,53 @@ impl LinkHandle {
     pub async fn request(
         &self,
         action: &str,
-        body: Box<RawValue>,
+        body: &RawValue,
         timeout: Duration,
+    ) -> Result<Box<RawValue>, Error> {
+        let raw = body.get().as_bytes();
+        self.exchange(action, timeout, |buf| {
+            buf.extend_from_slice(raw);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sends a request with a typed body and decodes the typed response.
+    /// A body or response that does not (de)serialize gives `INVALID_MESSAGE`.
+    pub async fn call<B, R>(&self, action: &str, body: &B, timeout: Duration) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let res = self
+            .exchange(action, timeout, |buf| serde_json::to_writer(buf, body))
+            .await?;
+        serde_json::from_str(res.get())
+            .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
+    }
+
+    /// Registers a request, writes its frame (the body serialized straight
+    /// into it) and waits for the outcome.
+    async fn exchange(
+        &self,
+        action: &str,
+        timeout: Duration,
+        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
     ) -> Result<Box<RawValue>, Error> {
         let (id, rx, _guard) = self
             .shared
             .pending
             .register(self.shared.config.max_in_flight)?;
-        let text = codec::encode(&Frame::Req(Req {
-            id,
-            action: action.to_owned(),
-            body,
-            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-        }));
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let text = codec::encode_req_with(id, action, Some(timeout_ms), write_body)
+            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        if text.len() > self.shared.max_out {
+            return Err(Error::InvalidMessage(format!(
+                "request of {} bytes exceeds the message limit of {}",
+                text.len(),
+                self.shared.max_out
+            )));
+        }
         let exchange = async {
             if self.shared.tx.send(Outbound::Text(text)).await.is_err() {
                 return Err(self.closed_error());
@@ -172,20 +209,6 @@ impl LinkHandle {
             Ok(reply) => reply,
             Err(_) => Err(Error::Timeout(timeout)),
         }
-    }
-
-    /// Sends a request with a typed body and decodes the typed response.
-    /// A body or response that does not (de)serialize gives `INVALID_MESSAGE`.
-    pub async fn call<B, R>(&self, action: &str, body: &B, timeout: Duration) -> Result<R, Error>
-    where
-        B: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let raw = serde_json::value::to_raw_value(body)
-            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
-        let res = self.request(action, raw, timeout).await?;
-        serde_json::from_str(res.get())
-            .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
     }
 
     fn closed_error(&self) -> Error {
@@ -312,7 +335,13 @@ where
         let _ = tx.try_send(Outbound::Unsigned(codec::encode(frame)));
     }
     let (close_request, close_rx) = watch::channel(None);
+    let signing = session.filter(|s| s.sign);
+    let max_out = match signing {
+        Some(_) => config.max_message_bytes.saturating_sub(FRAME_OVERHEAD),
+        None => config.max_message_bytes,
+    };
     let shared = Arc::new(Shared {
+        max_out,
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
         config,
         pending: Arc::new(Pending::default()),
@@ -332,7 +361,6 @@ where
         Role::Server => (signed::SERVER_TO_AGENT, signed::AGENT_TO_SERVER),
         Role::Agent => (signed::AGENT_TO_SERVER, signed::SERVER_TO_AGENT),
     };
-    let signing = session.filter(|s| s.sign);
     let signer = signing.map(|s| Signer::new(s.key.clone(), send_dir));
     let verifier = signing.map(|s| Verifier::new(s.key.clone(), recv_dir));
     let (sink, stream) = ws.split();

@@ -184,59 +184,75 @@ where
     P: Clone + Send + Sync + 'static,
 {
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
-        let busy = response(
-            req.id,
-            Err(HookError::new(
-                codes::BUSY,
-                format!(
-                    "more than {} requests in flight",
-                    shared.config.max_in_flight
-                ),
-            )),
+        let busy = HookError::new(
+            codes::BUSY,
+            format!(
+                "more than {} requests in flight",
+                shared.config.max_in_flight
+            ),
         );
         // Waiting here slows a peer that floods us, which is the point.
-        let _ = shared.tx.send(busy).await;
+        let _ = shared
+            .tx
+            .send(Outbound::Text(codec::encode_res(req.id, Err(&busy))))
+            .await;
         return;
     };
     let hooks = hooks.clone();
     let peer = peer.clone();
-    let tx = shared.tx.clone();
-    let span = tracing::debug_span!("hook", action = %req.action, id = req.id);
-    tokio::spawn(
-        async move {
-            let _permit = permit;
-            let Req {
-                id,
-                action,
-                body,
-                timeout_ms,
-            } = req;
-            let work = hooks.dispatch(&action, body, peer);
-            let result = match timeout_ms {
-                // Nobody waits past the caller's timeout, so stop there.
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), work)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(HookError::new(
-                            codes::TIMEOUT,
-                            format!("hook did not finish within {ms} ms"),
-                        ))
-                    }),
-                None => work.await,
-            };
-            let _ = tx.send(response(id, result)).await;
+    let max_out = shared.max_out;
+    let Req {
+        id,
+        action,
+        body,
+        timeout_ms,
+    } = req;
+    let mut work = Box::pin(async move {
+        let work = hooks.dispatch(&action, body, peer);
+        let result = match timeout_ms {
+            // Nobody waits past the caller's timeout, so stop there.
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(HookError::new(
+                        codes::TIMEOUT,
+                        format!("hook did not finish within {ms} ms"),
+                    ))
+                }),
+            None => work.await,
+        };
+        let text = match &result {
+            Ok(body) => codec::encode_res(id, Ok(body)),
+            Err(e) => codec::encode_res(id, Err(e)),
+        };
+        if text.len() > max_out {
+            let too_big = HookError::invalid_message(format!(
+                "response of {} bytes exceeds the message limit of {max_out}",
+                text.len()
+            ));
+            return Outbound::Text(codec::encode_res(id, Err(&too_big)));
         }
-        .instrument(span),
-    );
-}
-
-fn response(
-    id: crate::frame::RequestId,
-    result: Result<Box<serde_json::value::RawValue>, HookError>,
-) -> Outbound {
-    let outcome = match result {
-        Ok(body) => Outcome::Ok(body),
-        Err(e) => Outcome::Err(e),
-    };
-    Outbound::Text(codec::encode(&Frame::Res(Res { id, outcome })))
+        Outbound::Text(text)
+    });
+    // Most hooks finish without waiting: answer those here and spare a task.
+    // A hook that waits goes on in its own task, so it never holds up the
+    // reader or any other request.
+    match futures_util::poll!(work.as_mut()) {
+        std::task::Poll::Ready(out) => {
+            drop(permit);
+            let _ = shared.tx.send(out).await;
+        }
+        std::task::Poll::Pending => {
+            let tx = shared.tx.clone();
+            let span = tracing::debug_span!("hook", id);
+            tokio::spawn(
+                async move {
+                    let out = work.await;
+                    drop(permit);
+                    let _ = tx.send(out).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
 }
