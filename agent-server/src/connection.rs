@@ -234,11 +234,20 @@ async fn serve_inner(
     tracing::info!(first_time = grant.first_time, "agent connected");
     server.emit(ServerEvent::AgentConnected(agent.clone()));
 
-    let reason = link.closed().await;
-    server.registry.remove(&agent);
-    tracing::info!(%reason, "agent disconnected");
-    server.emit(ServerEvent::AgentDisconnected(agent, reason));
-    link.stopped().await;
+    // This task's future is as large as its largest state (the TLS and
+    // WebSocket handshakes); a small task of its own waits out the link, so
+    // an idle agent costs only that.
+    let watcher = Arc::clone(&server);
+    server.tasks.spawn(
+        async move {
+            let reason = link.closed().await;
+            watcher.registry.remove(&agent);
+            tracing::info!(%reason, "agent disconnected");
+            watcher.emit(ServerEvent::AgentDisconnected(agent, reason));
+            link.stopped().await;
+        }
+        .instrument(tracing::Span::current()),
+    );
 }
 
 async fn authenticate<S>(

@@ -44,7 +44,7 @@ pub(crate) struct Inner {
     /// Cancelled when the server stops accepting.
     pub(crate) stop: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
     pub(crate) probe_timeout: Duration,
     /// Permits for connections in their handshake.
