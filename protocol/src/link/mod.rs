@@ -2,26 +2,28 @@
 //! server and by agents.
 //!
 //! ```text
-//! caller ─request()─► pending.register(id) ─► queue (bounded) ─► writer task (owns sink) ─► socket
-//! socket ─► reader task (owns stream) ─┬─ res{id}  ─► pending.complete(id) ─► caller
-//!                                      ├─ req      ─► hooks, each on its own task ─► queue ─► writer
-//!                                      └─ close/err ─► pending fails every waiter; writer closes
+//! caller ─request()─► pending.register(id) ─► queue (bounded) ─┐
+//!                                                               ▼
+//! socket ◄──────── writes, batched, one flush per round ◄── driver task (owns the socket)
+//! socket ─────────► reads ─┬─ res{id}  ─► pending.complete(id) ─► caller
+//!                          ├─ req      ─► hooks: answered inline, or on a task ─► queue
+//!                          └─ close/err ─► pending fails every waiter; driver closes
 //! ```
 //!
-//! The writer is the only task that writes to the socket, and it signs frames
-//! when the session asks for it, so sequence numbers follow the order on the
-//! wire. The reader is the only task that reads; it answers nothing itself but
-//! `BUSY`, so one slow hook never holds up another request.
+//! One task, the driver, owns the socket both ways: it reads, writes in
+//! batches, and signs frames when the session asks for it, so sequence numbers
+//! follow the order on the wire. A hook that finishes at once is answered by
+//! the driver itself; one that waits runs on a task of its own, so a slow hook
+//! never holds up another request.
 
 mod config;
+mod driver;
+mod inbound;
 mod pending;
-mod reader;
-mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -72,12 +74,14 @@ pub(crate) struct Shared {
     pub(crate) max_out: usize,
     pending: Arc<Pending>,
     tx: mpsc::Sender<Outbound>,
-    /// Set once, by whoever first asks the link to close; the writer sends it.
-    close_request: watch::Sender<Option<(u16, String)>>,
+    /// Set once, by whoever first asks the link to close; the driver sends it.
+    pub(crate) close_request: parking_lot::Mutex<Option<(u16, String)>>,
+    /// Cancelled when the link is asked to close.
+    pub(crate) close_token: CancellationToken,
     /// The reason the link ended, once it has.
     ended: watch::Sender<Option<CloseReason>>,
-    /// Cancelled when the socket is done: both tasks stop.
-    stop: CancellationToken,
+    /// Cancelled when the driver has let go of the socket.
+    pub(crate) stop: CancellationToken,
     /// Permits for requests this side serves.
     serving: Arc<Semaphore>,
     /// Messages read so far, for liveness probes.
@@ -114,14 +118,13 @@ impl Shared {
     pub(crate) fn request_close(&self, code: u16, reason: &str) {
         let reason = crate::close::truncate_reason(reason);
         self.finish(CloseReason::local(code, reason));
-        self.close_request.send_if_modified(|slot| {
+        {
+            let mut slot = self.close_request.lock();
             if slot.is_none() {
                 *slot = Some((code, reason.to_owned()));
-                true
-            } else {
-                false
             }
-        });
+        }
+        self.close_token.cancel();
     }
 }
 
@@ -334,7 +337,6 @@ where
         // The queue is new and has room, so this cannot fail.
         let _ = tx.try_send(Outbound::Unsigned(codec::encode(frame)));
     }
-    let (close_request, close_rx) = watch::channel(None);
     let signing = session.filter(|s| s.sign);
     let max_out = match signing {
         Some(_) => config.max_message_bytes.saturating_sub(FRAME_OVERHEAD),
@@ -346,7 +348,8 @@ where
         config,
         pending: Arc::new(Pending::default()),
         tx,
-        close_request,
+        close_request: parking_lot::Mutex::new(None),
+        close_token: CancellationToken::new(),
         ended: watch::channel(None).0,
         stop: CancellationToken::new(),
         seen: AtomicU64::new(0),
@@ -363,11 +366,9 @@ where
     };
     let signer = signing.map(|s| Signer::new(s.key.clone(), send_dir));
     let verifier = signing.map(|s| Verifier::new(s.key.clone(), recv_dir));
-    let (sink, stream) = ws.split();
-    let span = tracing::Span::current();
     tokio::spawn(
-        writer::run(sink, rx, close_rx, Arc::clone(&shared), signer).instrument(span.clone()),
+        driver::run(ws, rx, shared, signer, verifier, hooks, peer.clone())
+            .instrument(tracing::Span::current()),
     );
-    tokio::spawn(reader::run(stream, shared, verifier, hooks, peer.clone()).instrument(span));
     (handle, peer)
 }

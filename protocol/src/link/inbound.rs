@@ -1,19 +1,13 @@
-//! The reader task: the only owner of the socket's stream.
-//!
-//! It completes pending requests by id, starts a task per incoming request
-//! (refusing with `BUSY` past the in-flight limit), verifies signed frames,
-//! keeps the heartbeat, and turns every kind of bad input into a close with
-//! its documented code.
+//! What the link does with each message it reads: verify signed frames,
+//! complete pending requests by id, serve incoming requests (refusing with
+//! `BUSY` past the in-flight limit), and turn every kind of bad input into a
+//! close with its documented code.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use super::{Outbound, Shared};
@@ -24,94 +18,13 @@ use crate::frame::{Frame, Outcome, Req, Res};
 use crate::hooks::Hooks;
 use crate::signed::Verifier;
 
-type Stream<S> = SplitStream<WebSocketStream<S>>;
-
 /// A violation that ends the link: close code and reason text.
-type Violation = (u16, String);
+pub(crate) type Violation = (u16, String);
 
 /// Close code for text that is not UTF-8 (RFC 6455 §7.4.1).
-const INVALID_PAYLOAD: u16 = 1007;
+pub(crate) const INVALID_PAYLOAD: u16 = 1007;
 
-pub(crate) async fn run<S, P>(
-    mut stream: Stream<S>,
-    shared: Arc<Shared>,
-    mut verifier: Option<Verifier>,
-    hooks: Hooks<P>,
-    peer: P,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-    P: Clone + Send + Sync + 'static,
-{
-    let period = shared.config.ping_interval;
-    let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.reset();
-    let mut silent_ticks: u32 = 0;
-    // After this side asked to close, frames are only read to see the reply.
-    let mut closing = false;
-
-    loop {
-        tokio::select! {
-            biased;
-            // Cancel-safe: a token only observes.
-            _ = shared.stop.cancelled() => break,
-            // Cancel-safe: a tick that loses the race comes again.
-            _ = ticker.tick(), if period.is_some() => {
-                if silent_ticks >= shared.config.missed_pongs {
-                    tracing::debug!("peer silent for {silent_ticks} ping intervals");
-                    shared.request_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    break;
-                }
-                silent_ticks += 1;
-                let _ = shared.tx.try_send(Outbound::Ping);
-            }
-            // Cancel-safe: `next` on a split stream loses no message.
-            msg = stream.next() => {
-                silent_ticks = 0;
-                shared.saw_message();
-                let result = match msg {
-                    None => {
-                        shared.finish(CloseReason::remote(close::ABNORMAL, "connection ended"));
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        read_error(&shared, e);
-                        break;
-                    }
-                    Some(Ok(_)) if closing => Ok(()),
-                    Some(Ok(Message::Text(text))) => {
-                        on_text(text.as_str(), &shared, &mut verifier, &hooks, &peer).await
-                    }
-                    Some(Ok(Message::Binary(_))) => Err((
-                        close::PROTOCOL_ERROR,
-                        "binary frames are not supported in protocol v1".to_owned(),
-                    )),
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = match frame {
-                            Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
-                            None => (close::NORMAL, String::new()),
-                        };
-                        shared.finish(CloseReason::remote(code, reason));
-                        // Keep reading so tungstenite flushes its close reply;
-                        // the stream ends right after.
-                        closing = true;
-                        Ok(())
-                    }
-                    // Pongs only prove liveness; tungstenite answers pings itself.
-                    Some(Ok(_)) => Ok(()),
-                };
-                if let Err((code, reason)) = result {
-                    tracing::debug!(code, %reason, "closing link: peer broke the protocol");
-                    shared.request_close(code, &reason);
-                    closing = true;
-                }
-            }
-        }
-    }
-    shared.stop.cancel();
-}
-
-fn read_error(shared: &Shared, e: WsError) {
+pub(crate) fn read_error(shared: &Shared, e: WsError) {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
             tracing::debug!(size, max_size, "message too big");
@@ -133,13 +46,14 @@ fn read_error(shared: &Shared, e: WsError) {
     }
 }
 
-async fn on_text<P>(
+/// Handles one text message; returns a frame to send at once, if any.
+pub(crate) fn on_text<P>(
     text: &str,
     shared: &Arc<Shared>,
     verifier: &mut Option<Verifier>,
     hooks: &Hooks<P>,
     peer: &P,
-) -> Result<(), Violation>
+) -> Result<Option<Outbound>, Violation>
 where
     P: Clone + Send + Sync + 'static,
 {
@@ -162,15 +76,12 @@ where
                     "response nobody waits for (late or unknown id); dropped"
                 );
             }
-            Ok(())
+            Ok(None)
         }
-        Frame::Req(req) => {
-            serve(req, shared, hooks, peer).await;
-            Ok(())
-        }
+        Frame::Req(req) => Ok(serve(req, shared, hooks, peer)),
         Frame::Note(_) | Frame::Cancel(_) | Frame::Prog(_) => {
             tracing::debug!(kind = frame.kind(), "reserved frame ignored");
-            Ok(())
+            Ok(None)
         }
         other => Err((
             close::PROTOCOL_ERROR,
@@ -179,7 +90,10 @@ where
     }
 }
 
-async fn serve<P>(req: Req, shared: &Arc<Shared>, hooks: &Hooks<P>, peer: &P)
+/// Serves one request: answers at once (`BUSY`, or a hook that finished
+/// without waiting) or hands the hook to a task of its own, which answers
+/// through the queue.
+fn serve<P>(req: Req, shared: &Arc<Shared>, hooks: &Hooks<P>, peer: &P) -> Option<Outbound>
 where
     P: Clone + Send + Sync + 'static,
 {
@@ -191,12 +105,7 @@ where
                 shared.config.max_in_flight
             ),
         );
-        // Waiting here slows a peer that floods us, which is the point.
-        let _ = shared
-            .tx
-            .send(Outbound::Text(codec::encode_res(req.id, Err(&busy))))
-            .await;
-        return;
+        return Some(Outbound::Text(codec::encode_res(req.id, Err(&busy))));
     };
     let hooks = hooks.clone();
     let peer = peer.clone();
@@ -236,11 +145,13 @@ where
     });
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
-    // reader or any other request.
-    match futures_util::poll!(work.as_mut()) {
+    // link or any other request.
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    match work.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(out) => {
             drop(permit);
-            let _ = shared.tx.send(out).await;
+            Some(out)
         }
         std::task::Poll::Pending => {
             let tx = shared.tx.clone();
@@ -253,6 +164,7 @@ where
                 }
                 .instrument(span),
             );
+            None
         }
     }
 }
