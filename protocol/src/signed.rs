@@ -98,6 +98,31 @@ struct Envelope<'a> {
     f: &'a RawValue,
 }
 
+/// Splits an envelope in exactly the layout [`Signer::sign`] writes
+/// (`{"t":"sig","seq":N,"mac":"…","f":FRAME}`) without a JSON parse; any
+/// other layout returns `None` and goes through the full parser. The frame
+/// bytes are then checked by the MAC and parsed once, by the codec.
+fn split_canonical(text: &str) -> Option<(u64, &str, &str)> {
+    let rest = text.strip_prefix(r#"{"t":"sig","seq":"#)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 20 || (digits > 1 && rest.starts_with('0')) {
+        return None;
+    }
+    let seq: u64 = rest.get(..digits)?.parse().ok()?;
+    let rest = rest.get(digits..)?.strip_prefix(r#","mac":""#)?;
+    let mac = rest.get(..64)?;
+    let frame = rest
+        .get(64..)?
+        .strip_prefix(r#"","f":"#)?
+        .strip_suffix('}')?;
+    // The frame must be the whole value: an object, with nothing around it.
+    let trimmed = frame.trim();
+    if trimmed.len() != frame.len() || !frame.starts_with('{') || !frame.ends_with('}') {
+        return None;
+    }
+    Some((seq, mac, frame))
+}
+
 /// Verifies incoming frames for one direction of one link.
 pub struct Verifier {
     base: MacInput,
@@ -126,21 +151,26 @@ impl Verifier {
         if !text.starts_with(r#"{"t":"sig""#) {
             return Err(SignError::NotSigned);
         }
-        let env: Envelope<'a> =
-            serde_json::from_str(text).map_err(|e| SignError::Malformed(e.to_string()))?;
-        if env.t != "sig" {
-            return Err(SignError::NotSigned);
-        }
-        let mac = crypto::decode_hex32(env.mac).ok_or(SignError::BadMac)?;
-        let frame = env.f.get();
-        if !self.base.frame(env.seq, frame.as_bytes()).verify(&mac) {
+        let (seq, mac, frame) = match split_canonical(text) {
+            Some(parts) => parts,
+            None => {
+                let env: Envelope<'a> =
+                    serde_json::from_str(text).map_err(|e| SignError::Malformed(e.to_string()))?;
+                if env.t != "sig" {
+                    return Err(SignError::NotSigned);
+                }
+                (env.seq, env.mac, env.f.get())
+            }
+        };
+        let mac = crypto::decode_hex32(mac).ok_or(SignError::BadMac)?;
+        if !self.base.frame(seq, frame.as_bytes()).verify(&mac) {
             return Err(SignError::BadMac);
         }
         // Checked after the MAC so that a forged sequence number reads as forgery.
-        if env.seq != self.expected {
+        if seq != self.expected {
             return Err(SignError::OutOfSequence {
                 expected: self.expected,
-                got: env.seq,
+                got: seq,
             });
         }
         self.expected = self.expected.wrapping_add(1);
@@ -158,6 +188,28 @@ mod tests {
             Signer::new(key.clone(), AGENT_TO_SERVER),
             Verifier::new(key, AGENT_TO_SERVER),
         )
+    }
+
+    #[test]
+    fn canonical_and_reformatted_envelopes_verify_the_same() {
+        let (mut s, mut v) = pair();
+        let inner = r#"{"t":"req","id":1,"action":"a","body":[1,2]}"#;
+        let env = s.sign(inner);
+        assert_eq!(split_canonical(&env).map(|p| p.2), Some(inner));
+        // The same envelope with whitespace takes the full parser.
+        let spaced = env.replacen(r#""seq":0"#, r#""seq": 0"#, 1);
+        assert_eq!(split_canonical(&spaced), None);
+        assert_eq!(v.verify(&spaced).unwrap(), inner);
+        let env2 = s.sign(inner);
+        assert_eq!(v.verify(&env2).unwrap(), inner);
+        // Leading zeros and trailing members are not canonical.
+        assert_eq!(
+            split_canonical(&env2.replacen(r#""seq":1"#, r#""seq":01"#, 1)),
+            None
+        );
+        assert!(v
+            .verify(&format!("{}, \"x\":1}}", &env2[..env2.len() - 1]))
+            .is_err());
     }
 
     #[test]
