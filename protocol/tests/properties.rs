@@ -44,6 +44,17 @@ fn config(cases: u32) -> Config {
 // Strategies
 // ---------------------------------------------------------------------------
 
+/// Any text: proptest's own strings (no control characters), any chars
+/// (control characters, surrogate-free Unicode of every plane), and the
+/// characters JSON must escape.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter),
+        r#"[\x00-\x1f"\\\x7fa/é]{0,12}"#,
+    ]
+}
+
 /// Any finite float.
 fn any_float() -> impl Strategy<Value = f64> {
     any::<f64>().prop_filter("finite", |f| f.is_finite())
@@ -68,12 +79,12 @@ where
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
         float.prop_map(Value::from),
-        any::<String>().prop_map(Value::String),
+        text().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(any::<String>(), inner, 0..4)
+            prop::collection::btree_map(text(), inner, 0..4)
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
@@ -82,7 +93,7 @@ where
 
 /// A JSON object of any values with exactly-parsed floats (`meta`).
 fn json_object() -> impl Strategy<Value = Map<String, Value>> {
-    prop::collection::btree_map(any::<String>(), json_value(exact_float()), 0..4)
+    prop::collection::btree_map(text(), json_value(exact_float()), 0..4)
         .prop_map(|m| m.into_iter().collect())
 }
 
@@ -105,7 +116,7 @@ fn hex() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => "[0-9a-f]{64}",
         1 => "[0-9a-fA-F]{64}",
-        1 => any::<String>(),
+        1 => text(),
     ]
 }
 
@@ -118,16 +129,13 @@ fn limits() -> impl Strategy<Value = Limits> {
 }
 
 fn hook_error() -> impl Strategy<Value = HookError> {
-    (
-        any::<String>(),
-        any::<String>(),
-        prop::option::of(json_value(exact_float())),
-    )
-        .prop_map(|(code, message, data)| HookError {
+    (text(), text(), prop::option::of(json_value(exact_float()))).prop_map(
+        |(code, message, data)| HookError {
             code,
             message,
             data,
-        })
+        },
+    )
 }
 
 /// A frame of any kind with arbitrary field values.
@@ -140,7 +148,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         })),
         (
             hex(),
-            prop::option::of(any::<String>()),
+            prop::option::of(text()),
             prop::option::of(hex()),
             json_object(),
             hex()
@@ -153,7 +161,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 proof
             })),
         (
-            any::<String>(),
+            text(),
             any::<bool>(),
             prop::option::of(hex()),
             hex(),
@@ -168,20 +176,15 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     limits,
                 })
             }),
-        (any::<String>(), any::<String>())
-            .prop_map(|(code, message)| Frame::Reject(Reject { code, message })),
-        (
-            any::<u64>(),
-            any::<String>(),
-            body(),
-            prop::option::of(any::<u64>())
-        )
-            .prop_map(|(id, action, body, timeout_ms)| Frame::Req(Req {
+        (text(), text()).prop_map(|(code, message)| Frame::Reject(Reject { code, message })),
+        (any::<u64>(), text(), body(), prop::option::of(any::<u64>())).prop_map(
+            |(id, action, body, timeout_ms)| Frame::Req(Req {
                 id,
                 action,
                 body,
                 timeout_ms
-            })),
+            })
+        ),
         (any::<u64>(), body()).prop_map(|(id, b)| Frame::Res(Res {
             id,
             outcome: Outcome::Ok(b)
@@ -190,7 +193,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             id,
             outcome: Outcome::Err(e)
         })),
-        (any::<String>(), body()).prop_map(|(action, body)| Frame::Note(Note { action, body })),
+        (text(), body()).prop_map(|(action, body)| Frame::Note(Note { action, body })),
         any::<u64>().prop_map(|id| Frame::Cancel(Cancel { id })),
         (any::<u64>(), body()).prop_map(|(id, body)| Frame::Prog(Prog { id, body })),
     ]
@@ -401,10 +404,13 @@ proptest! {
 
     /// Every frame kind, built from arbitrary field values, decodes from its
     /// encoding to the same fields (bodies byte for byte; `err.data` of
-    /// `null` as absent), and the encoding is a fixed point.
+    /// `null` as absent), and the encoding is a fixed point. `encode` writes
+    /// exactly what serde writes for the frame (`req` and `res` take
+    /// hand-written encoders).
     #[test]
     fn every_frame_round_trips_through_the_codec(frame in any_frame()) {
         let text = encode(&frame);
+        prop_assert_eq!(&text, &serde_json::to_string(&frame).expect("a frame serializes"));
         let prefix = format!(r#"{{"t":"{}""#, frame.kind());
         prop_assert!(text.starts_with(&prefix), "{text}");
         let back = decode(&text).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
@@ -465,13 +471,13 @@ proptest! {
     /// to a fixed point.
     #[test]
     fn decode_never_panics(
-        text in prop_oneof![
-            any::<String>(),
+        input in prop_oneof![
+            text(),
             r#"[{}\[\]":,.0-9a-z\\ -]{0,80}"#,
             r#"\{"t":"(req|res|hello|auth|welcome|reject|note|cancel|prog)"(,"[a-z_]{1,10}":[^,{}]{0,12}){0,6}\}"#,
         ]
     ) {
-        if let Ok(frame) = decode(&text) {
+        if let Ok(frame) = decode(&input) {
             let once = encode(&frame);
             let back = decode(&once).map_err(|e| TestCaseError::fail(format!("{e}: {once}")))?;
             prop_assert_eq!(encode(&back), once);
@@ -616,6 +622,62 @@ proptest! {
         prop_assert_eq!(verify(&short), Err(SignError::BadMac));
         let upper = format!("{}{}{}", &env[..at], mac.to_ascii_uppercase(), &env[at + 64..]);
         prop_assert_eq!(verify(&upper), Ok(text.clone()));
+    }
+
+    /// The verifier reads the signer's exact layout without a JSON parse and
+    /// every other layout with the full parser; both give the same answer:
+    /// members in another order, whitespace after `{"t":"sig"` and an
+    /// uppercase MAC verify to the same frame text, and an extra member or a
+    /// non-canonical sequence number is malformed either way.
+    #[test]
+    fn every_envelope_layout_verifies_alike(
+        key in any::<[u8; 32]>(),
+        dir in direction(),
+        frame in any_frame(),
+        skip in 0u64..3,
+        ws in prop::sample::select(vec![" ", "\n", "\t", "\r\n  "]),
+    ) {
+        let text = encode(&frame);
+        let mut signer = Signer::new(Key::from_bytes(key), dir);
+        for _ in 0..skip {
+            let _ = signer.sign("{}");
+        }
+        let env = signer.sign(&text);
+        let at = env.find(r#""mac":""#).expect("an envelope has `mac`") + 7;
+        let mac = &env[at..at + 64];
+        // A verifier that has seen the `skip` frames signed before this one.
+        let verify = |e: &str| {
+            let mut prior = Signer::new(Key::from_bytes(key), dir);
+            let mut v = Verifier::new(Key::from_bytes(key), dir);
+            for _ in 0..skip {
+                v.verify(&prior.sign("{}")).expect("prior frames verify");
+            }
+            v.verify(e).map(str::to_owned)
+        };
+        let layouts = [
+            env.clone(),
+            format!(r#"{{"t":"sig","mac":"{mac}","seq":{skip},"f":{text}}}"#),
+            format!(r#"{{"t":"sig","f":{text},"seq":{skip},"mac":"{mac}"}}"#),
+            format!(r#"{{"t":"sig"{ws},{ws}"seq"{ws}:{ws}{skip}{ws},"mac":"{mac}",{ws}"f":{ws}{text}{ws}}}{ws}"#),
+            format!(r#"{{"t":"sig","seq":{skip},"mac":"{}","f":{text}}}"#, mac.to_ascii_uppercase()),
+        ];
+        for layout in &layouts {
+            prop_assert_eq!(verify(layout), Ok(text.clone()), "{}", layout);
+        }
+        let extra_first = env.replacen(r#""t":"sig","#, r#""t":"sig","x":0,"#, 1);
+        let extra_last = format!(r#"{},"x":0}}"#, &env[..env.len() - 1]);
+        let zero_padded = env.replacen(&format!(r#""seq":{skip},"#), &format!(r#""seq":0{skip},"#), 1);
+        for bad in [extra_first, extra_last, zero_padded] {
+            prop_assert!(matches!(verify(&bad), Err(SignError::Malformed(_))), "{}", bad);
+        }
+        // A trailing member whose value is an object reads, in the signer's
+        // layout, as part of the frame, so it fails the MAC instead; both
+        // close the link with 4002 (docs/PROTOCOL.md 9.3).
+        let extra_object = format!(r#"{},"x":{{}}}}"#, &env[..env.len() - 1]);
+        prop_assert!(
+            matches!(verify(&extra_object), Err(SignError::Malformed(_)) | Err(SignError::BadMac)),
+            "{}", extra_object
+        );
     }
 
     /// A frame signed under another key, or for the other direction, fails.
