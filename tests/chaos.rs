@@ -19,10 +19,9 @@
 //!   pending and serving maps are empty, its connection tasks end, and no
 //!   client holds a pending request;
 //! * no link closes with a code no network fault explains (protocol error,
-//!   bad signature, refused name, …) and no agent gives up. One exception is
-//!   counted apart: a library bug reports a plain TCP close as 4000 (see
-//!   `RESET_WITHOUT_CLOSE` and the ignored
-//!   `a_network_cut_is_reported_as_an_abnormal_closure`).
+//!   bad signature, refused name, …) and no agent gives up; a cut TCP
+//!   connection is reported as 1006 on both ends
+//!   (`a_network_cut_is_reported_as_an_abnormal_closure`).
 //!
 //! `chaos_short` runs in the normal suite (8 agents + 2 leaving, 10 s of
 //! faults), with `chaos_short_signed` (4 + 1 agents, 6 s, signed frames);
@@ -98,14 +97,6 @@ const FORBIDDEN_CLOSES: &[u16] = &[
     close::UNSUPPORTED_VERSION,
     1007,
 ];
-
-/// What tungstenite says when the TCP stream ends without a close frame. The
-/// library reports that as a protocol violation (close 4000,
-/// `PROTOCOL_ERROR`) instead of an abnormal closure (1006): a known bug,
-/// checked by `a_network_cut_is_reported_as_an_abnormal_closure` (ignored
-/// until fixed). The chaos runs count these closes apart and let them pass,
-/// while any other 4000 or `PROTOCOL_ERROR` still fails them.
-const RESET_WITHOUT_CLOSE: &str = "Connection reset without closing handshake";
 
 /// Handshake failures no fault of this proxy may cause.
 const FORBIDDEN_REJECTS: &[&str] = &[
@@ -200,9 +191,6 @@ async fn chaos_long() {
 /// closure, 1006 (docs/PROTOCOL.md, close codes), not a protocol violation.
 /// Both ends of a cut link must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library bug: a network cut is reported as close 4000 PROTOCOL_ERROR \
-            (\"Connection reset without closing handshake\") instead of 1006; \
-            see protocol/src/link/reader.rs read_error"]
 async fn a_network_cut_is_reported_as_an_abnormal_closure() {
     let server = AgentServer::builder()
         .secret(SECRET)
@@ -253,10 +241,8 @@ fn backoff() -> Backoff {
 struct Seen {
     disconnects: BTreeMap<u16, u64>,
     /// The first reason text seen for each forbidden close code or
-    /// connection error, besides the known bug's.
+    /// connection error.
     unexpected: Vec<String>,
-    /// Cuts reported as 4000 / `PROTOCOL_ERROR` (the known bug).
-    reset_as_protocol_error: u64,
     reconnects: u64,
     client_errors: BTreeMap<String, u64>,
     gave_up: Vec<String>,
@@ -266,10 +252,8 @@ struct Seen {
 }
 
 impl Seen {
-    fn close(&mut self, what: &str, code: u16, reason: &str) {
-        if code == close::PROTOCOL_ERROR && reason.contains(RESET_WITHOUT_CLOSE) {
-            self.reset_as_protocol_error += 1;
-        } else if FORBIDDEN_CLOSES.contains(&code) {
+    fn close(&mut self, what: &str, code: u16) {
+        if FORBIDDEN_CLOSES.contains(&code) {
             self.unexpected(what.to_owned());
         }
     }
@@ -810,15 +794,13 @@ async fn watch_client(
         let mut s = seen.lock().unwrap();
         match e {
             ClientEvent::Disconnected(r) => {
-                s.close(&format!("agent {r}"), r.code, &r.reason);
+                s.close(&format!("agent {r}"), r.code);
                 *s.disconnects.entry(r.code).or_default() += 1;
             }
             ClientEvent::Reconnected { .. } => s.reconnects += 1,
             ClientEvent::Error(e) => {
                 let text = e.to_string();
-                if text.contains(RESET_WITHOUT_CLOSE) {
-                    s.reset_as_protocol_error += 1;
-                } else if FORBIDDEN_REJECTS.contains(&e.code()) {
+                if FORBIDDEN_REJECTS.contains(&e.code()) {
                     s.unexpected(format!("agent connection failed: {text}"));
                 }
                 *s.client_errors.entry(e.code().to_owned()).or_default() += 1;
@@ -846,11 +828,7 @@ async fn watch_server(
         let mut s = seen.lock().unwrap();
         match e {
             ServerEvent::AgentDisconnected(a, r) => {
-                s.close(
-                    &format!("server's link to {}: {r}", a.name()),
-                    r.code,
-                    &r.reason,
-                );
+                s.close(&format!("server's link to {}: {r}", a.name()), r.code);
                 *s.server_disconnects.entry(r.code).or_default() += 1;
             }
             ServerEvent::HandshakeFailed { code, .. } => {
@@ -916,10 +894,6 @@ fn report(r: &Report<'_>) {
     println!(
         "  server: disconnect codes {:?}, handshake failures {:?}",
         seen.server_disconnects, seen.handshake_failures
-    );
-    println!(
-        "  known bug: {} TCP closes reported as 4000/PROTOCOL_ERROR ({RESET_WITHOUT_CLOSE:?})",
-        seen.reset_as_protocol_error
     );
     println!("  server stats before close: {quiet:?}");
     println!("  server stats after close: {empty:?}");

@@ -49,7 +49,7 @@ pub async fn recv_frame<S>(ws: &mut WebSocketStream<S>) -> Result<Frame, RecvErr
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError};
     loop {
         let msg = match ws.next().await {
             None => {
@@ -66,6 +66,12 @@ where
             }
             Some(Err(WsError::Utf8(_))) => {
                 return Err(violation(1007, "text frame is not UTF-8"));
+            }
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Err(RecvError {
+                    error: Error::Closed(CloseReason::remote(close::ABNORMAL, "connection reset")),
+                    close_code: None,
+                })
             }
             Some(Err(WsError::Protocol(e))) => {
                 return Err(violation(close::PROTOCOL_ERROR, e.to_string()));

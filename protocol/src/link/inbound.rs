@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
 use super::{Outbound, Shared};
@@ -35,6 +35,11 @@ pub(crate) fn read_error(shared: &Shared, e: WsError) {
         }
         WsError::Capacity(e) => shared.request_close(close::TOO_BIG, &e.to_string()),
         WsError::Utf8(_) => shared.request_close(INVALID_PAYLOAD, "text frame is not UTF-8"),
+        // A peer or network that drops TCP without a close frame is a lost
+        // connection, not a protocol violation by the peer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            shared.finish(CloseReason::remote(close::ABNORMAL, "connection reset"));
+        }
         WsError::Protocol(e) => shared.request_close(close::PROTOCOL_ERROR, &e.to_string()),
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             shared.finish(CloseReason::remote(close::ABNORMAL, "connection closed"));
