@@ -1,7 +1,8 @@
 //! Frame decoding: arbitrary bytes must never make `codec::decode` panic, and
 //! every frame it accepts must survive encode → decode with an identical
 //! encoding (the encoding is a fixed point after one round); `encode` must
-//! write exactly what serde writes for the frame.
+//! write exactly what serde writes for the frame; and the direct path that
+//! `decode` takes for call frames must decide exactly as the general parser.
 //!
 //! Floats in `auth.meta` and `res.err.data` are compared exactly too: the
 //! workspace builds serde_json with `float_roundtrip` (finding F1 in
@@ -9,7 +10,7 @@
 
 #![no_main]
 
-use agent_protocol::codec::{decode, encode};
+use agent_protocol::codec::{decode, decode_general, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(frame) = decode(text) else {
+    let decoded = decode(text);
+    assert_eq!(
+        format!("{decoded:?}"),
+        format!("{:?}", decode_general(text)),
+        "the direct and general paths disagree\ninput: {text:?}"
+    );
+    let Ok(frame) = decoded else {
         return;
     };
     let first = encode(&frame);

@@ -97,6 +97,17 @@ pub fn null_body() -> Box<RawValue> {
 /// assert!(codec::decode(r#"{"t":"nope"}"#).is_err());
 /// ```
 pub fn decode(text: &str) -> Result<Frame, DecodeError> {
+    match decode_call(text) {
+        Some(frame) => Ok(frame),
+        None => decode_general(text),
+    }
+}
+
+/// Decodes any frame, in any layout, through serde only: what [`decode`]
+/// does for every text its direct path declines. Public so that tests and
+/// fuzzers can check that both paths agree.
+#[doc(hidden)]
+pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
     let f: Flat<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let frame = match f.t.as_ref() {
@@ -154,6 +165,66 @@ pub fn decode(text: &str) -> Result<Frame, DecodeError> {
         other => return Err(DecodeError::UnknownType(other.chars().take(64).collect())),
     };
     Ok(frame)
+}
+
+/// Reads the `req` and `res {ok}` frames in the exact layout
+/// [`encode_req_with`] and [`encode_res`] write, without the general parser:
+/// those two carry every call. Any other text (other key order, whitespace,
+/// escapes in the action, an `err` outcome, anything invalid) gives `None`
+/// and takes the general path, so both paths give the same frame for the
+/// same text and every error comes from one place.
+fn decode_call(text: &str) -> Option<Frame> {
+    if let Some(rest) = text.strip_prefix(r#"{"t":"req","id":"#) {
+        let (id, rest) = split_u64(rest)?;
+        let (action, rest) = rest.strip_prefix(r#","action":""#)?.split_once('"')?;
+        if action.bytes().any(|b| b < 0x20 || b == b'\\') {
+            return None;
+        }
+        let rest = rest.strip_prefix(r#","body":"#)?.strip_suffix('}')?;
+        // A body is one JSON value, which cannot itself end in
+        // `,"timeout_ms":<digits>`, so a suffix of that shape is the field.
+        let (body, timeout_ms) = match rest.rsplit_once(r#","timeout_ms":"#) {
+            Some((body, ms)) => match split_u64(ms) {
+                Some((ms, "")) => (body, Some(ms)),
+                _ => (rest, None),
+            },
+            None => (rest, None),
+        };
+        return Some(Frame::Req(Req {
+            id,
+            action: action.to_owned(),
+            body: exact_value(body)?,
+            timeout_ms,
+        }));
+    }
+    let rest = text.strip_prefix(r#"{"t":"res","id":"#)?;
+    let (id, rest) = split_u64(rest)?;
+    let body = rest.strip_prefix(r#","ok":"#)?.strip_suffix('}')?;
+    Some(Frame::Res(Res {
+        id,
+        outcome: Outcome::Ok(exact_value(body)?),
+    }))
+}
+
+/// A leading JSON integer that fits a `u64`, written without leading zeros,
+/// and the text after it.
+fn split_u64(s: &str) -> Option<(u64, &str)> {
+    let len = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (digits, rest) = s.split_at_checked(len)?;
+    if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    Some((digits.parse().ok()?, rest))
+}
+
+/// `text` as a raw value when it is exactly one JSON value, with no
+/// whitespace around it (the general parser would trim that).
+fn exact_value(text: &str) -> Option<Box<RawValue>> {
+    let edges = [text.bytes().next()?, text.bytes().next_back()?];
+    if edges.iter().any(u8::is_ascii_whitespace) {
+        return None;
+    }
+    serde_json::from_str::<Box<RawValue>>(text).ok()
 }
 
 /// Appends `s` as a JSON string, exactly as `serde_json` writes it.
@@ -268,6 +339,56 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// The direct path for call frames and the general parser agree on
+    /// every text: the same frame, or the direct path declines.
+    #[test]
+    fn call_frames_decode_the_same_by_either_path() {
+        let texts = [
+            r#"{"t":"req","id":1,"action":"echo","body":{"a":1}}"#,
+            r#"{"t":"req","id":1,"action":"echo","body":{"a":1},"timeout_ms":250}"#,
+            r#"{"t":"req","id":18446744073709551615,"action":"é","body":null,"timeout_ms":0}"#,
+            r#"{"t":"req","id":2,"action":"a","body":{"x":1,"timeout_ms":5}}"#,
+            r#"{"t":"req","id":2,"action":"a","body":{"x":1,"timeout_ms":5},"timeout_ms":6}"#,
+            r#"{"t":"req","id":2,"action":"a","body":5,"timeout_ms":6}"#,
+            r#"{"t":"req","id":2,"action":"a","body":"5,\"timeout_ms\":6"}"#,
+            r#"{"t":"res","id":3,"ok":[1,"two",{"3":null}]}"#,
+            r#"{"t":"res","id":3,"ok":"}"}"#,
+            // Declined by the direct path; the general parser decides.
+            r#"{"t":"req","id":2,"action":"a","body":1,"body":2}"#,
+            r#"{"t":"req","id":2,"action":"a","body":1,"timeout_ms":5,"timeout_ms":6}"#,
+            r#"{"t":"req","id":2,"action":"a","body":1,"timeout_ms":05}"#,
+            r#"{"t":"req","id":2,"action":"a","body":1,"extra":true}"#,
+            r#"{"t":"req","id":2,"action":"a\"b","body":1}"#,
+            r#"{"t":"req","id":2,"action":"a\u0041","body":1}"#,
+            r#"{"t":"req","id":02,"action":"a","body":1}"#,
+            r#"{"t":"req","id":18446744073709551616,"action":"a","body":1}"#,
+            r#"{"t":"req","id":-1,"action":"a","body":1}"#,
+            r#"{"t":"req","id":2,"action":"a","body": 1 }"#,
+            r#"{"t":"req","id":2,"action":"a","body":}"#,
+            r#"{"t":"req","id":2,"action":"a","body":[1}"#,
+            r#"{"t":"req","id":2,"action":"a"}"#,
+            r#"{"t":"req","id":2,"body":1,"action":"a"}"#,
+            r#"{"t":"res","id":3,"ok":1,"err":{"code":"X","message":""}}"#,
+            r#"{"t":"res","id":3,"err":{"code":"X","message":"m"}}"#,
+            r#"{"t":"res","id":3,"ok":1} "#,
+            r#"{"t":"res","id":3,"ok":1}}"#,
+            r#"{"t":"res","id":3}"#,
+            r#"{"t":"res","id":3,"ok":"#,
+            r#"{"t":"res","id":"#,
+        ];
+        for text in texts {
+            let general = format!("{:?}", decode_general(text));
+            if let Some(fast) = decode_call(text) {
+                assert_eq!(format!("{:?}", Ok::<_, DecodeError>(fast)), general, "{text}");
+            }
+            assert_eq!(format!("{:?}", decode(text)), general, "{text}");
+        }
+        // The direct path takes what this codec writes.
+        for text in &texts[..9] {
+            assert!(decode_call(text).is_some(), "{text}");
+        }
     }
 
     #[test]
