@@ -350,10 +350,15 @@ async fn attempt(
     }
     let name = est.name.clone();
     let timeout = inner.default_timeout;
+    let mut config = s.link.clone();
+    // What the server accepts bounds what this agent sends, so an oversized
+    // request fails alone instead of closing the link.
+    config.peer_max_message_bytes =
+        Some(usize::try_from(est.limits.max_message_bytes).unwrap_or(usize::MAX));
     let (_link, server) = link::spawn(
         ws,
         Role::Agent,
-        s.link.clone(),
+        config,
         Some(&est.session),
         inner.hooks.clone(),
         None,

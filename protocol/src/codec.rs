@@ -381,7 +381,11 @@ mod tests {
         for text in texts {
             let general = format!("{:?}", decode_general(text));
             if let Some(fast) = decode_call(text) {
-                assert_eq!(format!("{:?}", Ok::<_, DecodeError>(fast)), general, "{text}");
+                assert_eq!(
+                    format!("{:?}", Ok::<_, DecodeError>(fast)),
+                    general,
+                    "{text}"
+                );
             }
             assert_eq!(format!("{:?}", decode(text)), general, "{text}");
         }

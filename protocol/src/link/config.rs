@@ -49,6 +49,12 @@ pub struct LinkConfig {
     pub read_buffer: usize,
     /// Write buffer of the WebSocket layer, in bytes. Default 4 KiB.
     pub write_buffer: usize,
+    /// Largest message the peer said it accepts, when it said so (an agent
+    /// learns the server's from `welcome.limits`). This side sends nothing
+    /// bigger than the smaller of this and `max_message_bytes`: a request
+    /// over it fails at once with `INVALID_MESSAGE` instead of making the
+    /// peer close the link with 1009. Default `None`.
+    pub peer_max_message_bytes: Option<usize>,
 }
 
 impl Default for LinkConfig {
@@ -62,11 +68,21 @@ impl Default for LinkConfig {
             write_queue: DEFAULT_WRITE_QUEUE,
             read_buffer: DEFAULT_READ_BUFFER,
             write_buffer: DEFAULT_WRITE_BUFFER,
+            peer_max_message_bytes: None,
         }
     }
 }
 
 impl LinkConfig {
+    /// Largest message this side sends: its own limit, or the peer's when
+    /// that is smaller.
+    pub fn send_limit(&self) -> usize {
+        match self.peer_max_message_bytes {
+            Some(peer) => peer.min(self.max_message_bytes),
+            None => self.max_message_bytes,
+        }
+    }
+
     /// The WebSocket layer's configuration for these limits.
     pub fn websocket(&self) -> WebSocketConfig {
         WebSocketConfig::default()

@@ -339,8 +339,8 @@ where
     }
     let signing = session.filter(|s| s.sign);
     let max_out = match signing {
-        Some(_) => config.max_message_bytes.saturating_sub(FRAME_OVERHEAD),
-        None => config.max_message_bytes,
+        Some(_) => config.send_limit().saturating_sub(FRAME_OVERHEAD),
+        None => config.send_limit(),
     };
     let shared = Arc::new(Shared {
         max_out,
