@@ -181,13 +181,8 @@ fn decode_call(text: &str) -> Option<Frame> {
             return None;
         }
         let rest = rest.strip_prefix(r#","body":"#)?.strip_suffix('}')?;
-        // A body is one JSON value, which cannot itself end in
-        // `,"timeout_ms":<digits>`, so a suffix of that shape is the field.
-        let (body, timeout_ms) = match rest.rsplit_once(r#","timeout_ms":"#) {
-            Some((body, ms)) => match split_u64(ms) {
-                Some((ms, "")) => (body, Some(ms)),
-                _ => (rest, None),
-            },
+        let (body, timeout_ms) = match split_timeout(rest) {
+            Some((body, ms)) => (body, Some(ms)),
             None => (rest, None),
         };
         return Some(Frame::Req(Req {
@@ -204,6 +199,28 @@ fn decode_call(text: &str) -> Option<Frame> {
         id,
         outcome: Outcome::Ok(exact_value(body)?),
     }))
+}
+
+/// Splits `<body>,"timeout_ms":<digits>` into the body and the timeout.
+/// A body is one JSON value, which cannot itself end in that shape, so a
+/// suffix of that shape is the field; only the suffix is searched.
+fn split_timeout(text: &str) -> Option<(&str, u64)> {
+    const KEY: &[u8] = br#","timeout_ms":"#;
+    let bytes = text.as_bytes();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let at = bytes.len().checked_sub(digits + KEY.len())?;
+    if bytes.get(at..at + KEY.len())? != KEY {
+        return None;
+    }
+    let (body, field) = text.split_at_checked(at)?;
+    match split_u64(field.get(KEY.len()..)?)? {
+        (ms, "") => Some((body, ms)),
+        _ => None,
+    }
 }
 
 /// A leading JSON integer that fits a `u64`, written without leading zeros,
@@ -282,14 +299,21 @@ pub fn encode_req(id: RequestId, action: &str, body: &RawValue, timeout_ms: Opti
 
 /// Encodes a `res` frame with its outcome.
 pub fn encode_res(id: RequestId, outcome: Result<&RawValue, &HookError>) -> String {
+    const HEAD: &[u8] = br#"{"t":"res","id":"#;
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(id).as_bytes();
+    // An `ok` frame is sized exactly: a full buffer becomes the WebSocket
+    // payload without another allocation.
     let mut buf = Vec::with_capacity(
-        48 + match outcome {
-            Ok(body) => body.get().len(),
-            Err(e) => e.message.len() + 32,
-        },
+        HEAD.len()
+            + digits.len()
+            + match outcome {
+                Ok(body) => r#","ok":}"#.len() + body.get().len(),
+                Err(e) => 48 + e.code.len() + e.message.len(),
+            },
     );
-    buf.extend_from_slice(br#"{"t":"res","id":"#);
-    push_u64(&mut buf, id);
+    buf.extend_from_slice(HEAD);
+    buf.extend_from_slice(digits);
     match outcome {
         Ok(body) => {
             buf.extend_from_slice(br#","ok":"#);
@@ -392,6 +416,14 @@ mod tests {
         // The direct path takes what this codec writes.
         for text in &texts[..9] {
             assert!(decode_call(text).is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_ok_response_is_sized_exactly() {
+        for id in [0, 7, u64::MAX] {
+            let text = encode_res(id, Ok(&raw(r#"{"a":[1,"x"]}"#)));
+            assert_eq!(text.len(), text.capacity(), "{text}");
         }
     }
 

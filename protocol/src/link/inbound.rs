@@ -14,9 +14,10 @@ use super::{Outbound, Shared};
 use crate::close::{self, CloseReason};
 use crate::codec;
 use crate::error::{codes, Error, HookError};
-use crate::frame::{Frame, Outcome, Req, Res};
+use crate::frame::{Frame, Outcome, Req, RequestId, Res};
 use crate::hooks::Hooks;
 use crate::signed::Verifier;
+use serde_json::value::RawValue;
 
 /// A violation that ends the link: close code and reason text.
 pub(crate) type Violation = (u16, String);
@@ -121,55 +122,57 @@ where
         body,
         timeout_ms,
     } = req;
-    let mut work = Box::pin(async move {
-        let work = hooks.dispatch(&action, body, peer);
-        let result = match timeout_ms {
-            // Nobody waits past the caller's timeout, so stop there.
-            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), work)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(HookError::new(
-                        codes::TIMEOUT,
-                        format!("hook did not finish within {ms} ms"),
-                    ))
-                }),
-            None => work.await,
-        };
-        let text = match &result {
-            Ok(body) => codec::encode_res(id, Ok(body)),
-            Err(e) => codec::encode_res(id, Err(e)),
-        };
-        if text.len() > max_out {
-            let too_big = HookError::invalid_message(format!(
-                "response of {} bytes exceeds the message limit of {max_out}",
-                text.len()
-            ));
-            return Outbound::Text(codec::encode_res(id, Err(&too_big)));
-        }
-        Outbound::Text(text)
-    });
+    let mut work = Box::pin(async move { hooks.dispatch(&action, body, peer).await });
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
     // link or any other request.
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     match work.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => {
+        std::task::Poll::Ready(result) => {
             drop(permit);
-            Some(out)
+            Some(answer(id, &result, max_out))
         }
         std::task::Poll::Pending => {
             let tx = shared.tx.clone();
             let span = tracing::debug_span!("hook", id);
             tokio::spawn(
                 async move {
-                    let out = work.await;
+                    let result = match timeout_ms {
+                        // Nobody waits past the caller's timeout, so stop there.
+                        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), work)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(HookError::new(
+                                    codes::TIMEOUT,
+                                    format!("hook did not finish within {ms} ms"),
+                                ))
+                            }),
+                        None => work.await,
+                    };
                     drop(permit);
-                    let _ = tx.send(out).await;
+                    let _ = tx.send(answer(id, &result, max_out)).await;
                 }
                 .instrument(span),
             );
             None
         }
     }
+}
+
+/// The `res` frame for a hook's result; `INVALID_MESSAGE` instead when it
+/// would be bigger than the peer accepts.
+fn answer(id: RequestId, result: &Result<Box<RawValue>, HookError>, max_out: usize) -> Outbound {
+    let text = match result {
+        Ok(body) => codec::encode_res(id, Ok(body)),
+        Err(e) => codec::encode_res(id, Err(e)),
+    };
+    if text.len() > max_out {
+        let too_big = HookError::invalid_message(format!(
+            "response of {} bytes exceeds the message limit of {max_out}",
+            text.len()
+        ));
+        return Outbound::Text(codec::encode_res(id, Err(&too_big)));
+    }
+    Outbound::Text(text)
 }
