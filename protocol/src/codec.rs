@@ -167,13 +167,28 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
     Ok(frame)
 }
 
+/// One of the two frames of every call, read in place from the message text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CallRef<'a> {
+    /// `req`.
+    Req {
+        id: RequestId,
+        action: &'a str,
+        body: &'a RawValue,
+        timeout_ms: Option<u64>,
+    },
+    /// `res` with `ok`.
+    Ok { id: RequestId, body: &'a RawValue },
+}
+
 /// Reads the `req` and `res {ok}` frames in the exact layout
-/// [`encode_req_with`] and [`encode_res`] write, without the general parser:
-/// those two carry every call. Any other text (other key order, whitespace,
-/// escapes in the action, an `err` outcome, anything invalid) gives `None`
-/// and takes the general path, so both paths give the same frame for the
-/// same text and every error comes from one place.
-fn decode_call(text: &str) -> Option<Frame> {
+/// [`encode_req_with`] and [`encode_res`] write, without the general parser
+/// and without copying anything: those two carry every call. Any other text
+/// (other key order, whitespace, escapes in the action, an `err` outcome,
+/// anything invalid) gives `None` and takes the general path, so both paths
+/// give the same frame for the same text and every error comes from one
+/// place.
+pub(crate) fn decode_call_ref(text: &str) -> Option<CallRef<'_>> {
     if let Some(rest) = text.strip_prefix(r#"{"t":"req","id":"#) {
         let (id, rest) = split_u64(rest)?;
         let (action, rest) = rest.strip_prefix(r#","action":""#)?.split_once('"')?;
@@ -185,20 +200,41 @@ fn decode_call(text: &str) -> Option<Frame> {
             Some((body, ms)) => (body, Some(ms)),
             None => (rest, None),
         };
-        return Some(Frame::Req(Req {
+        return Some(CallRef::Req {
             id,
-            action: action.to_owned(),
+            action,
             body: exact_value(body)?,
             timeout_ms,
-        }));
+        });
     }
     let rest = text.strip_prefix(r#"{"t":"res","id":"#)?;
     let (id, rest) = split_u64(rest)?;
     let body = rest.strip_prefix(r#","ok":"#)?.strip_suffix('}')?;
-    Some(Frame::Res(Res {
+    Some(CallRef::Ok {
         id,
-        outcome: Outcome::Ok(exact_value(body)?),
-    }))
+        body: exact_value(body)?,
+    })
+}
+
+/// [`decode_call_ref`], as an owned frame.
+fn decode_call(text: &str) -> Option<Frame> {
+    Some(match decode_call_ref(text)? {
+        CallRef::Req {
+            id,
+            action,
+            body,
+            timeout_ms,
+        } => Frame::Req(Req {
+            id,
+            action: action.to_owned(),
+            body: body.to_owned(),
+            timeout_ms,
+        }),
+        CallRef::Ok { id, body } => Frame::Res(Res {
+            id,
+            outcome: Outcome::Ok(body.to_owned()),
+        }),
+    })
 }
 
 /// Splits `<body>,"timeout_ms":<digits>` into the body and the timeout.
@@ -236,12 +272,12 @@ fn split_u64(s: &str) -> Option<(u64, &str)> {
 
 /// `text` as a raw value when it is exactly one JSON value, with no
 /// whitespace around it (the general parser would trim that).
-fn exact_value(text: &str) -> Option<Box<RawValue>> {
+fn exact_value(text: &str) -> Option<&RawValue> {
     let edges = [text.bytes().next()?, text.bytes().next_back()?];
     if edges.iter().any(u8::is_ascii_whitespace) {
         return None;
     }
-    serde_json::from_str::<Box<RawValue>>(text).ok()
+    serde_json::from_str::<&RawValue>(text).ok()
 }
 
 /// Appends `s` as a JSON string, exactly as `serde_json` writes it.

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use parking_lot::RwLock;
@@ -194,6 +195,13 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         body: Box<RawValue>,
         peer: P,
     ) -> Result<Box<RawValue>, HookError> {
+        self.start(action, &body, peer).await
+    }
+
+    /// Starts the chain for `action`. The first handler reads the body at
+    /// once, so a borrow is enough: with a single handler, the common case,
+    /// nothing of the request is copied.
+    pub fn start(&self, action: &str, body: &RawValue, peer: P) -> Dispatch {
         let (any, own, action) = {
             let reg = self.inner.read();
             let own = reg.by_action.get_key_value(action);
@@ -202,34 +210,121 @@ impl<P: Clone + Send + 'static> Hooks<P> {
                 .unwrap_or_else(|| Arc::from(action));
             (Arc::clone(&reg.any), own.map(|(_, v)| Arc::clone(v)), name)
         };
-        let own: &[Handler<P>] = own.as_deref().unwrap_or(&[]);
-        if any.is_empty() && own.is_empty() {
-            return Err(HookError::new(
+        let own: Arc<[Handler<P>]> = own.unwrap_or_else(|| Arc::from(Vec::new()));
+        let state = match (&any[..], &own[..]) {
+            ([], []) => DispatchState::Done(Some(Err(HookError::new(
                 codes::UNKNOWN_ACTION,
                 format!("no hook for action {:?}", &*action),
-            ));
-        }
-        let mut last: Option<Box<RawValue>> = None;
-        for h in any.iter().chain(own.iter()) {
-            let call = Call {
-                action: Arc::clone(&action),
-                peer: peer.clone(),
-            };
-            let fut = (h.0)(&body, call);
-            match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(Ok(Some(v))) => last = Some(v),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    tracing::error!(action = &*action, "hook panicked");
-                    return Err(HookError::new(
-                        codes::INTERNAL_ERROR,
-                        format!("hook for {:?} panicked", &*action),
-                    ));
+            )))),
+            ([only], []) | ([], [only]) => {
+                let call = Call {
+                    action: Arc::clone(&action),
+                    peer,
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| (only.0)(body, call))) {
+                    Ok(fut) => DispatchState::One { fut, action },
+                    Err(_) => DispatchState::Done(Some(Err(panicked(&action)))),
                 }
             }
+            _ => {
+                let body = body.to_owned();
+                DispatchState::Chain(Box::pin(chain(any, own, action, body, peer)))
+            }
+        };
+        Dispatch { state }
+    }
+}
+
+/// Runs several handlers in order: the last non-empty result answers, the
+/// first error stops the chain.
+async fn chain<P: Clone + Send + 'static>(
+    any: Arc<[Handler<P>]>,
+    own: Arc<[Handler<P>]>,
+    action: Arc<str>,
+    body: Box<RawValue>,
+    peer: P,
+) -> Result<Box<RawValue>, HookError> {
+    let mut last: Option<Box<RawValue>> = None;
+    for h in any.iter().chain(own.iter()) {
+        let call = Call {
+            action: Arc::clone(&action),
+            peer: peer.clone(),
+        };
+        let fut = AssertUnwindSafe(|| (h.0)(&body, call));
+        let outcome = match std::panic::catch_unwind(fut) {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+            Err(panic) => Err(panic),
+        };
+        match outcome {
+            Ok(Ok(Some(v))) => last = Some(v),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(panicked(&action)),
         }
-        Ok(last.unwrap_or_else(null_body))
+    }
+    Ok(last.unwrap_or_else(null_body))
+}
+
+fn panicked(action: &str) -> HookError {
+    tracing::error!(action, "hook panicked");
+    HookError::new(
+        codes::INTERNAL_ERROR,
+        format!("hook for {action:?} panicked"),
+    )
+}
+
+/// One request's run through its handler chain (see [`Hooks::start`]):
+/// resolves to the response body or the error. A panicking handler gives
+/// `INTERNAL_ERROR`.
+pub struct Dispatch {
+    state: DispatchState,
+}
+
+enum DispatchState {
+    Done(Option<Result<Box<RawValue>, HookError>>),
+    /// The only handler, polled as it is.
+    One {
+        fut: BoxFuture<HandlerResult>,
+        action: Arc<str>,
+    },
+    Chain(BoxFuture<Result<Box<RawValue>, HookError>>),
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            DispatchState::Done(_) => "done",
+            DispatchState::One { .. } => "one handler",
+            DispatchState::Chain(_) => "chain",
+        };
+        f.debug_struct("Dispatch").field("state", &state).finish()
+    }
+}
+
+impl Future for Dispatch {
+    type Output = Result<Box<RawValue>, HookError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match &mut self.state {
+            DispatchState::Done(result) => result
+                .take()
+                .unwrap_or_else(|| Err(HookError::internal("dispatch polled after it finished"))),
+            DispatchState::One { fut, action } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(Some(v)))) => Ok(v),
+                    Ok(Poll::Ready(Ok(None))) => Ok(null_body()),
+                    Ok(Poll::Ready(Err(e))) => Err(e),
+                    Err(_) => Err(panicked(action)),
+                }
+            }
+            DispatchState::Chain(fut) => match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result,
+            },
+        };
+        self.state = DispatchState::Done(None);
+        Poll::Ready(result)
     }
 }
 
@@ -280,6 +375,27 @@ mod tests {
         hooks.on_hook("b", |_: Value, _| async { Ok(json!("never")) });
         let err = hooks.dispatch("b", raw(json!(null)), ()).await.unwrap_err();
         assert_eq!(err.code, "E1");
+    }
+
+    /// A body type whose deserializer panics: the handler panics before its
+    /// future exists.
+    struct Bomb;
+    impl<'de> serde::Deserialize<'de> for Bomb {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            panic!("deserializer bug")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_reading_the_body_is_an_internal_error() {
+        let hooks: Hooks<()> = Hooks::new();
+        hooks.on_hook("bomb", |_: Bomb, _| async { Ok(()) });
+        let err = hooks.dispatch("bomb", raw(json!(1)), ()).await.unwrap_err();
+        assert_eq!(err.code, codes::INTERNAL_ERROR);
+        // The same in a chain of several handlers.
+        hooks.on_any(|_: Value, _| async { Ok(()) });
+        let err = hooks.dispatch("bomb", raw(json!(1)), ()).await.unwrap_err();
+        assert_eq!(err.code, codes::INTERNAL_ERROR);
     }
 
     #[tokio::test]

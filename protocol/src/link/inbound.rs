@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
+use std::pin::Pin;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
 use super::{Outbound, Shared};
 use crate::close::{self, CloseReason};
 use crate::codec;
+use crate::codec::CallRef;
 use crate::error::{codes, Error, HookError};
-use crate::frame::{Frame, Outcome, Req, RequestId, Res};
+use crate::frame::{Frame, Outcome, RequestId, Res};
 use crate::hooks::Hooks;
 use crate::signed::Verifier;
 use serde_json::value::RawValue;
@@ -69,22 +71,40 @@ where
             .map_err(|e| (close::BAD_SIGNATURE, e.to_string()))?,
         None => text,
     };
-    let frame = codec::decode(text).map_err(|e| (close::PROTOCOL_ERROR, e.to_string()))?;
+    // The two frames of every call, read in place; anything else through
+    // the general parser.
+    match codec::decode_call_ref(text) {
+        Some(CallRef::Req {
+            id,
+            action,
+            body,
+            timeout_ms,
+        }) => return Ok(serve(id, action, body, timeout_ms, shared, hooks, peer)),
+        Some(CallRef::Ok { id, body }) => {
+            complete(shared, id, Ok(body.to_owned()));
+            return Ok(None);
+        }
+        None => {}
+    }
+    let frame = codec::decode_general(text).map_err(|e| (close::PROTOCOL_ERROR, e.to_string()))?;
     match frame {
         Frame::Res(Res { id, outcome }) => {
             let reply = match outcome {
                 Outcome::Ok(body) => Ok(body),
                 Outcome::Err(e) => Err(Error::Remote(e)),
             };
-            if !shared.pending.complete(id, reply) {
-                tracing::debug!(
-                    id,
-                    "response nobody waits for (late or unknown id); dropped"
-                );
-            }
+            complete(shared, id, reply);
             Ok(None)
         }
-        Frame::Req(req) => Ok(serve(req, shared, hooks, peer)),
+        Frame::Req(r) => Ok(serve(
+            r.id,
+            &r.action,
+            &r.body,
+            r.timeout_ms,
+            shared,
+            hooks,
+            peer,
+        )),
         Frame::Note(_) | Frame::Cancel(_) | Frame::Prog(_) => {
             tracing::debug!(kind = frame.kind(), "reserved frame ignored");
             Ok(None)
@@ -96,10 +116,27 @@ where
     }
 }
 
+fn complete(shared: &Shared, id: RequestId, reply: Result<Box<RawValue>, Error>) {
+    if !shared.pending.complete(id, reply) {
+        tracing::debug!(
+            id,
+            "response nobody waits for (late or unknown id); dropped"
+        );
+    }
+}
+
 /// Serves one request: answers at once (`BUSY`, or a hook that finished
 /// without waiting) or hands the hook to a task of its own, which answers
 /// through the queue.
-fn serve<P>(req: Req, shared: &Arc<Shared>, hooks: &Hooks<P>, peer: &P) -> Option<Outbound>
+fn serve<P>(
+    id: RequestId,
+    action: &str,
+    body: &RawValue,
+    timeout_ms: Option<u64>,
+    shared: &Arc<Shared>,
+    hooks: &Hooks<P>,
+    peer: &P,
+) -> Option<Outbound>
 where
     P: Clone + Send + Sync + 'static,
 {
@@ -111,24 +148,16 @@ where
                 shared.config.max_in_flight
             ),
         );
-        return Some(Outbound::Text(codec::encode_res(req.id, Err(&busy))));
+        return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
-    let hooks = hooks.clone();
-    let peer = peer.clone();
     let max_out = shared.max_out;
-    let Req {
-        id,
-        action,
-        body,
-        timeout_ms,
-    } = req;
-    let mut work = Box::pin(async move { hooks.dispatch(&action, body, peer).await });
+    let mut work = hooks.start(action, body, peer.clone());
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
     // link or any other request.
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
-    match work.as_mut().poll(&mut cx) {
+    match Pin::new(&mut work).poll(&mut cx) {
         std::task::Poll::Ready(result) => {
             drop(permit);
             Some(answer(id, &result, max_out))
