@@ -71,7 +71,12 @@ pub fn paragraphs(r: &Report) -> String {
          well writes are batched. The raw client writes requests back to back and flushes \
          once before it waits, the echo flushes once per batch of replies it has already \
          read, and both stay on one worker: {raw}, close to the cost of the JSON and the \
-         framing alone. agent-tunnel: {tun}. jsonrpsee: {rpc}. Where the rate times the CPU \
+         framing alone. It needs no state per call: replies come back in order on its one \
+         connection and are matched by position. agent-tunnel serves any number of callers \
+         and hooks on one link, so each call also carries an id and an envelope, checks its \
+         body is one JSON value on arrival (both ends), and has a pending entry, a oneshot, a \
+         timer and a hand-off between the caller's task and the task that owns the socket: \
+         {tun}. jsonrpsee: {rpc}. Where the rate times the CPU \
          per call stays well under the {cores} cores, the stages of the pipeline wait for \
          each other (hand-offs across workers, flushes of small batches) rather than for the \
          CPU.\n\n",
