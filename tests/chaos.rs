@@ -541,15 +541,7 @@ async fn run(plan: Plan) {
         .await
         .expect("clients close in time");
     drop(exit_proxy);
-    let empty = wait_stats(&server, "every agent gone", |s| {
-        s.agents == 0
-            && s.reserved_names == 0
-            && s.handshakes == 0
-            && s.connections == 0
-            && s.pending_requests == 0
-            && s.serving_requests == 0
-    })
-    .await;
+    let empty = wait_stats(&server, "every agent gone", ServerStats::is_idle).await;
     for a in agents.iter().chain(&leavers) {
         assert_eq!(a.client.pending_requests(), 0);
     }
@@ -777,20 +769,27 @@ async fn bounded_poll(done: impl Fn() -> bool) -> bool {
     false
 }
 
+/// The next event, counting the ones a slow watcher missed; `None` once
+/// the channel has closed.
+async fn next_event<E: Clone>(
+    events: &mut tokio::sync::broadcast::Receiver<E>,
+    seen: &Mutex<Seen>,
+) -> Option<E> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) => return Some(e),
+            Err(RecvError::Lagged(n)) => seen.lock().unwrap().lagged += n,
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
 async fn watch_client(
     mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
     seen: Arc<Mutex<Seen>>,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let e = match events.recv().await {
-            Ok(e) => e,
-            Err(RecvError::Lagged(n)) => {
-                seen.lock().unwrap().lagged += n;
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
+    while let Some(e) = next_event(&mut events, &seen).await {
         let mut s = seen.lock().unwrap();
         match e {
             ClientEvent::Disconnected(r) => {
@@ -815,16 +814,7 @@ async fn watch_server(
     mut events: tokio::sync::broadcast::Receiver<ServerEvent>,
     seen: Arc<Mutex<Seen>>,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let e = match events.recv().await {
-            Ok(e) => e,
-            Err(RecvError::Lagged(n)) => {
-                seen.lock().unwrap().lagged += n;
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
+    while let Some(e) = next_event(&mut events, &seen).await {
         let mut s = seen.lock().unwrap();
         match e {
             ServerEvent::AgentDisconnected(a, r) => {

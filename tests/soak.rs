@@ -356,15 +356,7 @@ async fn one_round(
         .await
         .expect("clients close in time");
     drop(agents);
-    let empty = wait_stats(server, |s| {
-        s.agents == 0
-            && s.reserved_names == 0
-            && s.handshakes == 0
-            && s.connections == 0
-            && s.pending_requests == 0
-            && s.serving_requests == 0
-    })
-    .await;
+    let empty = wait_stats(server, ServerStats::is_idle).await;
     let close_time = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.await.expect("sampler");

@@ -95,6 +95,15 @@ pub struct ServerStats {
     pub serving_requests: usize,
 }
 
+impl ServerStats {
+    /// True when nothing is left: no agent, reserved name, handshake,
+    /// connection task, or request either way. A server whose agents have
+    /// all gone reaches this once their connections have closed.
+    pub fn is_idle(&self) -> bool {
+        *self == ServerStats::default()
+    }
+}
+
 /// Which agent a call goes to: a name, or an [`Agent`] handle.
 #[derive(Debug, Clone)]
 pub enum Target {
