@@ -73,11 +73,16 @@ pub async fn echo_loop<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStrea
     }
 }
 
-/// An echo server: one task per connection running [`echo_loop`].
-pub async fn echo_server(bind: SocketAddr) -> Res<SocketAddr> {
+/// Binds `bind` and runs `serve` on every connection in a task of its own,
+/// after the connection's WebSocket upgrade (done in that task too).
+async fn serve_ws<F, Fut>(bind: SocketAddr, what: &str, serve: F) -> Res<SocketAddr>
+where
+    F: Fn(Ws) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind(bind)
         .await
-        .ctx("binding the raw server")?;
+        .ctx(&format!("binding the {what}"))?;
     let addr = listener.local_addr().ctx("raw server address")?;
     tokio::spawn(async move {
         loop {
@@ -86,16 +91,22 @@ pub async fn echo_server(bind: SocketAddr) -> Res<SocketAddr> {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
+            let serve = serve.clone();
             tokio::spawn(async move {
                 if let Ok(ws) =
                     tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await
                 {
-                    echo_loop(ws).await;
+                    serve(ws).await;
                 }
             });
         }
     });
     Ok(addr)
+}
+
+/// An echo server: one task per connection running [`echo_loop`].
+pub async fn echo_server(bind: SocketAddr) -> Res<SocketAddr> {
+    serve_ws(bind, "raw server", echo_loop).await
 }
 
 /// Opens one raw WebSocket client connection.
@@ -230,34 +241,19 @@ pub struct FanOutServer {
 
 impl FanOutServer {
     pub async fn start(bind: SocketAddr) -> Res<(Self, SocketAddr)> {
-        let listener = TcpListener::bind(bind)
-            .await
-            .ctx("binding the raw fan-out server")?;
-        let addr = listener.local_addr().ctx("raw server address")?;
         let server = FanOutServer::default();
         let s = server.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let Ok(ws) =
-                        tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await
-                    else {
-                        return;
-                    };
-                    let (tx, rx) = mpsc::channel(1);
-                    s.conns.lock().await.push(tx);
-                    s.live.fetch_add(1, Ordering::Relaxed);
-                    conn_task(ws, rx).await;
-                    s.live.fetch_sub(1, Ordering::Relaxed);
-                });
+        let addr = serve_ws(bind, "raw fan-out server", move |ws| {
+            let s = s.clone();
+            async move {
+                let (tx, rx) = mpsc::channel(1);
+                s.conns.lock().await.push(tx);
+                s.live.fetch_add(1, Ordering::Relaxed);
+                conn_task(ws, rx).await;
+                s.live.fetch_sub(1, Ordering::Relaxed);
             }
-        });
+        })
+        .await?;
         Ok((server, addr))
     }
 
