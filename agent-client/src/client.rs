@@ -224,6 +224,14 @@ impl AgentClient {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        // Connected: the common case, without waiting on the state.
+        let ready = match &*self.inner.state.borrow() {
+            State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
+            _ => None,
+        };
+        if let Some(server) = ready {
+            return server.link().call(action, body, timeout).await;
+        }
         let deadline = Instant::now() + timeout;
         let server = self.ready_by(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
