@@ -185,7 +185,7 @@ impl LinkHandle {
         timeout: Duration,
         write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
     ) -> Result<Box<RawValue>, Error> {
-        let (id, rx, _guard) = self
+        let (id, rx, mut guard) = self
             .shared
             .pending
             .register(self.shared.config.max_in_flight)?;
@@ -203,7 +203,9 @@ impl LinkHandle {
             if self.shared.tx.send(Outbound::Text(text)).await.is_err() {
                 return Err(self.closed_error());
             }
-            match rx.await {
+            let reply = rx.await;
+            guard.answered();
+            match reply {
                 Ok(reply) => reply,
                 Err(_) => Err(self.closed_error()),
             }

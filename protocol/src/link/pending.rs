@@ -53,7 +53,7 @@ impl Pending {
             id,
             rx,
             PendingGuard {
-                pending: Arc::clone(self),
+                pending: Some(Arc::clone(self)),
                 id,
             },
         ))
@@ -95,12 +95,22 @@ impl Pending {
 
 /// Removes its request from the map when dropped (timeout, caller gone).
 pub(crate) struct PendingGuard {
-    pending: Arc<Pending>,
+    pending: Option<Arc<Pending>>,
     id: RequestId,
+}
+
+impl PendingGuard {
+    /// The request has its outcome, so the map no longer holds it: whoever
+    /// sent the outcome took the entry out first.
+    pub(crate) fn answered(&mut self) {
+        self.pending = None;
+    }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.pending.state.lock().waiting.remove(&self.id);
+        if let Some(pending) = &self.pending {
+            pending.state.lock().waiting.remove(&self.id);
+        }
     }
 }
