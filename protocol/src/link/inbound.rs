@@ -192,10 +192,7 @@ where
 /// The `res` frame for a hook's result; `INVALID_MESSAGE` instead when it
 /// would be bigger than the peer accepts.
 fn answer(id: RequestId, result: &Result<Box<RawValue>, HookError>, max_out: usize) -> Outbound {
-    let text = match result {
-        Ok(body) => codec::encode_res(id, Ok(body)),
-        Err(e) => codec::encode_res(id, Err(e)),
-    };
+    let text = codec::encode_res(id, result.as_deref());
     if text.len() > max_out {
         let too_big = HookError::invalid_message(format!(
             "response of {} bytes exceeds the message limit of {max_out}",
