@@ -154,6 +154,7 @@ impl AgentClient {
         if b.secret.is_empty() {
             return Err(Error::Config("the shared secret must not be empty".into()));
         }
+        b.link.validate()?;
         let endpoint = Endpoint::parse(&b.url)?;
         let tls = if endpoint.is_tls() {
             Some(b.tls.client_config()?)
@@ -232,7 +233,7 @@ impl AgentClient {
         if let Some(server) = ready {
             return server.link().call(action, body, timeout).await;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = agent_protocol::time::deadline_in(timeout);
         let server = self.ready_by(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         server.link().call(action, body, left).await
@@ -432,7 +433,7 @@ async fn supervise(
                     inner.emit(ClientEvent::GaveUp(e));
                     break;
                 }
-                last_error = Some(Error::Closed(reason));
+                last_error = Some(Error::ConnectionClosed(reason));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "connection attempt failed");
@@ -450,9 +451,9 @@ async fn supervise(
             }
         }
         let Some(delay) = s.backoff.delay(retry) else {
-            let e = last_error
-                .take()
-                .unwrap_or_else(|| Error::Closed(CloseReason::local(close::NORMAL, "no retries")));
+            let e = last_error.take().unwrap_or_else(|| {
+                Error::ConnectionClosed(CloseReason::local(close::NORMAL, "no retries"))
+            });
             if s.backoff.enabled {
                 inner.emit(ClientEvent::GaveUp(e));
             }

@@ -278,11 +278,6 @@ impl ServerBuilder {
             Some(_) => {}
         }
         self.name_format.parse::<NameFormat>()?;
-        if self.link.max_in_flight == 0 || self.link.max_message_bytes < 256 {
-            return Err(Error::Config(
-                "max_in_flight must be at least 1 and max_message_bytes at least 256".into(),
-            ));
-        }
-        Ok(())
+        self.link.validate()
     }
 }

@@ -14,7 +14,6 @@ use agent_protocol::transport::{self, MaybeTls, RecvError};
 use agent_protocol::{close, codes, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::WebSocketStream;
@@ -99,7 +98,7 @@ async fn serve_inner(
     server: Arc<Inner>,
     permit: HandshakeSlot,
 ) {
-    let deadline = Instant::now() + server.handshake_timeout;
+    let deadline = agent_protocol::time::deadline_in(server.handshake_timeout);
     // TLS runs here, in the connection's own task and under the handshake
     // deadline, so a slow client never stalls the accept loop.
     let stream: Stream = match &server.tls {

@@ -423,7 +423,7 @@ impl AgentServer {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.stop.cancel();
-        let grace_end = tokio::time::Instant::now() + inner.shutdown_grace;
+        let grace_end = agent_protocol::time::deadline_in(inner.shutdown_grace);
         // Poll rather than wire a notification through every link: shutdown
         // is rare and the grace is long compared with the interval.
         let mut tick = tokio::time::interval(Duration::from_millis(10));

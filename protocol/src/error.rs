@@ -151,7 +151,7 @@ pub enum Error {
     InvalidMessage(String),
     /// The link closed while the call was in flight (`CONNECTION_CLOSED`).
     #[error("connection closed: {0}")]
-    Closed(CloseReason),
+    ConnectionClosed(CloseReason),
     /// The server refused the handshake; `code` says why (`WRONG_SECRET`,
     /// `DUPLICATE_ID`, `NAME_TAKEN`, `INVALID_NAME`, `REVOKED`, …).
     #[error("handshake rejected: {code}: {message}")]
@@ -202,7 +202,7 @@ impl Error {
             Error::Offline => codes::OFFLINE,
             Error::Busy => codes::BUSY,
             Error::InvalidMessage(_) => codes::INVALID_MESSAGE,
-            Error::Closed(_) => codes::CONNECTION_CLOSED,
+            Error::ConnectionClosed(_) => codes::CONNECTION_CLOSED,
             Error::Rejected { code, .. } => code,
             Error::ServerUnverified => codes::SERVER_UNVERIFIED,
             Error::HandshakeTimeout(_) => codes::HANDSHAKE_TIMEOUT,

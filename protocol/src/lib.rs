@@ -13,6 +13,7 @@
 //! * [`link`]: one authenticated connection: a reader task, a writer task, and
 //!   the pending map that matches responses to requests. Both sides use it.
 //! * [`error`] and [`close`]: error codes and close codes.
+//! * [`time`]: deadline arithmetic that saturates instead of overflowing.
 //!
 //! `agent-server` and `agent-client` build on this crate; applications use
 //! those (or the `agent-tunnel` crate, which re-exports both).
@@ -30,6 +31,7 @@ pub mod link;
 pub mod name;
 pub mod signed;
 pub mod store;
+pub mod time;
 pub mod transport;
 
 pub use close::CloseReason;

@@ -54,7 +54,10 @@ where
         let msg = match ws.next().await {
             None => {
                 return Err(RecvError {
-                    error: Error::Closed(CloseReason::remote(close::ABNORMAL, "connection ended")),
+                    error: Error::ConnectionClosed(CloseReason::remote(
+                        close::ABNORMAL,
+                        "connection ended",
+                    )),
                     close_code: None,
                 })
             }
@@ -69,7 +72,10 @@ where
             }
             Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
                 return Err(RecvError {
-                    error: Error::Closed(CloseReason::remote(close::ABNORMAL, "connection reset")),
+                    error: Error::ConnectionClosed(CloseReason::remote(
+                        close::ABNORMAL,
+                        "connection reset",
+                    )),
                     close_code: None,
                 })
             }
@@ -101,7 +107,7 @@ where
                     None => (close::NORMAL, String::new()),
                 };
                 return Err(RecvError {
-                    error: Error::Closed(CloseReason::remote(code, reason)),
+                    error: Error::ConnectionClosed(CloseReason::remote(code, reason)),
                     close_code: None,
                 });
             }

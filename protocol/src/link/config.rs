@@ -22,6 +22,12 @@ pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
 /// Default write buffer per connection (frames are flushed past it).
 pub const DEFAULT_WRITE_BUFFER: usize = 4 * 1024;
 
+/// Smallest `max_message_bytes` a builder accepts: room for a frame's
+/// envelope and a small body.
+pub const MIN_MESSAGE_BYTES: usize = 256;
+/// Shortest ping interval a builder accepts.
+pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Bytes a frame may add to a message: WebSocket header and signed envelope.
 pub const FRAME_OVERHEAD: usize = 256;
 
@@ -74,6 +80,37 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
+    /// Checks that these limits can run: a link built from a config that
+    /// fails here would misbehave (a zero ping interval spins, a zero queue
+    /// cannot carry a frame), so both builders refuse it with `CONFIG`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use agent_protocol::LinkConfig;
+    /// let mut config = LinkConfig::default();
+    /// assert!(config.validate().is_ok());
+    /// config.ping_interval = Some(Duration::ZERO);
+    /// assert_eq!(config.validate().unwrap_err().code(), "CONFIG");
+    /// ```
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let fail = |what: &str| Err(crate::Error::Config(what.to_owned()));
+        if self.max_in_flight == 0 {
+            return fail("max_in_flight must be at least 1");
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return fail("max_message_bytes must be at least 256");
+        }
+        if self.ping_interval.is_some_and(|d| d < MIN_PING_INTERVAL) {
+            return fail(
+                "ping_interval must be at least 1 ms (use no heartbeat to turn pings off)",
+            );
+        }
+        if self.write_queue == 0 {
+            return fail("write_queue must be at least 1");
+        }
+        Ok(())
+    }
+
     /// Largest message this side sends: its own limit, or the peer's when
     /// that is smaller.
     pub fn send_limit(&self) -> usize {

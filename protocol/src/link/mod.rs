@@ -218,8 +218,10 @@ impl LinkHandle {
 
     fn closed_error(&self) -> Error {
         match self.shared.pending.closed() {
-            Some(reason) => Error::Closed(reason),
-            None => Error::Closed(CloseReason::local(crate::close::ABNORMAL, "link stopped")),
+            Some(reason) => Error::ConnectionClosed(reason),
+            None => {
+                Error::ConnectionClosed(CloseReason::local(crate::close::ABNORMAL, "link stopped"))
+            }
         }
     }
 
@@ -278,7 +280,7 @@ impl LinkHandle {
             // the wait below tells which.
             tracing::debug!("probe ping not queued");
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::time::deadline_in(timeout);
         loop {
             let notified = shared.seen_notify.notified();
             tokio::pin!(notified);

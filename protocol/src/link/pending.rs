@@ -40,7 +40,7 @@ impl Pending {
     ) -> Result<(RequestId, oneshot::Receiver<Reply>, PendingGuard), Error> {
         let mut st = self.state.lock();
         if let Some(reason) = &st.closed {
-            return Err(Error::Closed(reason.clone()));
+            return Err(Error::ConnectionClosed(reason.clone()));
         }
         if st.waiting.len() >= limit {
             return Err(Error::Busy);
@@ -77,7 +77,7 @@ impl Pending {
             (std::mem::take(&mut st.waiting), reason)
         };
         for (_, tx) in waiting {
-            let _ = tx.send(Err(Error::Closed(reason.clone())));
+            let _ = tx.send(Err(Error::ConnectionClosed(reason.clone())));
         }
         reason
     }
