@@ -13,6 +13,7 @@
 //! * [`link`]: one authenticated connection: a reader task, a writer task, and
 //!   the pending map that matches responses to requests. Both sides use it.
 //! * [`error`] and [`close`]: error codes and close codes.
+//! * [`log_limit`]: rate limits and clipping for log lines a peer can trigger.
 //! * [`time`]: deadline arithmetic that saturates instead of overflowing.
 //!
 //! `agent-server` and `agent-client` build on this crate; applications use
@@ -28,6 +29,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hooks;
 pub mod link;
+pub mod log_limit;
 pub mod name;
 pub mod signed;
 pub mod store;

@@ -140,6 +140,10 @@ fn serve<P>(
 where
     P: Clone + Send + Sync + 'static,
 {
+    if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
+        return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
+    }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
         let busy = HookError::new(
             codes::BUSY,

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Permits for requests this side serves.
     serving: Arc<Semaphore>,
+    /// Set by [`LinkHandle::drain`]: new requests either way are refused
+    /// with `SHUTDOWN`, while those in flight finish.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Messages read so far, for liveness probes.
     pub(crate) seen: AtomicU64,
     /// Probes waiting for the next message; the reader only notifies when set.
@@ -185,6 +188,9 @@ impl LinkHandle {
         timeout: Duration,
         write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
     ) -> Result<Box<RawValue>, Error> {
+        if self.is_draining() {
+            return Err(Error::Shutdown);
+        }
         let (id, rx, mut guard) = self
             .shared
             .pending
@@ -223,6 +229,20 @@ impl LinkHandle {
                 Error::ConnectionClosed(CloseReason::local(crate::close::ABNORMAL, "link stopped"))
             }
         }
+    }
+
+    /// Stops taking new requests, either way, while those in flight finish:
+    /// from now on this side's calls fail at once with `SHUTDOWN`, and the
+    /// peer's new requests are answered with a `SHUTDOWN` error. The server
+    /// drains every link when its shutdown begins. There is no way back:
+    /// close the link once it is idle.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// True once [`LinkHandle::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
     }
 
     /// Closes the link with a close code and reason text. Requests in flight
@@ -349,6 +369,7 @@ where
     let shared = Arc::new(Shared {
         max_out,
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
+        draining: std::sync::atomic::AtomicBool::new(false),
         config,
         pending: Arc::new(Pending::default()),
         tx,
