@@ -30,6 +30,11 @@ pub use agent_client as client;
 pub use agent_protocol as protocol;
 pub use agent_server as server;
 
+/// The rustls crate the TLS builders of both sides take, re-exported so a
+/// hand-built `ServerConfig` or `ClientConfig` matches the version in use:
+/// `agent_tunnel::rustls::ClientConfig`.
+pub use agent_server::rustls;
+
 pub use agent_protocol::{
     codes, Call, CloseReason, Error, FileStore, HookError, MemoryStore, NameStore,
 };

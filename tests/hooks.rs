@@ -494,3 +494,72 @@ async fn a_server_hook_sees_which_agent_called() {
         assert_eq!(ident, format!("{role} as {name}"));
     }
 }
+
+/// A server hook that calls an agent onward passes the agent's failure back
+/// with `?`: a remote error keeps its own code, message and data, and the
+/// library's own errors keep their codes.
+#[tokio::test]
+async fn a_hook_calling_onward_passes_errors_back_with_the_question_mark() {
+    let server = start_server().await;
+    let relay = server.clone();
+    server.on_hook("relay", move |to: String, _call| {
+        let relay = relay.clone();
+        async move {
+            let answer: Value = relay.send_to(to.as_str(), "disk", &json!({})).await?;
+            Ok::<_, HookError>(answer)
+        }
+    });
+    let worker = connect(
+        &server,
+        client_builder(&server).on_hook("disk", |_: Value, _call| async {
+            Err::<Value, _>(
+                HookError::new("DISK_FULL", "no space left").with_data(json!({"free": 0})),
+            )
+        }),
+    )
+    .await;
+    let worker_name = worker.name().expect("named");
+    let (caller, _) = connect_plain(&server).await;
+
+    let err = within(caller.send::<_, Value>("relay", &worker_name))
+        .await
+        .expect_err("the worker fails");
+    let remote = err.remote().expect("a remote error");
+    assert_eq!(remote.code, "DISK_FULL");
+    assert_eq!(remote.message, "no space left");
+    assert_eq!(remote.data, Some(json!({"free": 0})));
+
+    let err = within(caller.send::<_, Value>("relay", "never-given"))
+        .await
+        .expect_err("no such agent");
+    assert_eq!(err.code(), codes::UNKNOWN_AGENT);
+    server.shutdown().await;
+}
+
+/// A catch-all alone answers every action, even one without a handler of
+/// its own; `UNKNOWN_ACTION` comes only from a catch-all that says so.
+#[tokio::test]
+async fn a_catch_all_alone_answers_actions_without_their_own_handler() {
+    let server = start_server().await;
+    server.on_any(
+        |_: Value, call: Call<agent_tunnel::server::Agent>| async move {
+            match &*call.action {
+                "known" => Ok(json!({"served": "known"})),
+                other => Err(HookError::new(
+                    codes::UNKNOWN_ACTION,
+                    format!("no hook for {other:?}"),
+                )),
+            }
+        },
+    );
+    let (client, _) = connect_plain(&server).await;
+    let ok: Value = within(client.send("known", &json!(null)))
+        .await
+        .expect("the catch-all answers");
+    assert_eq!(ok, json!({"served": "known"}));
+    let err = within(client.send::<_, Value>("other", &json!(null)))
+        .await
+        .expect_err("the catch-all refuses");
+    assert_eq!(err.code(), codes::UNKNOWN_ACTION);
+    server.shutdown().await;
+}

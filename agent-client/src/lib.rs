@@ -19,6 +19,7 @@
 //!
 //! ```no_run
 //! use agent_client::{AgentClient, ClientEvent, HookError};
+//! use tokio::sync::broadcast::error::RecvError;
 //!
 //! # async fn demo() -> Result<(), agent_client::Error> {
 //! let client = AgentClient::builder("ws://control-plane:7800", "s3cret")
@@ -29,9 +30,13 @@
 //!     .connect()
 //!     .await?;
 //! let mut events = client.events();
-//! while let Ok(event) = events.recv().await {
-//!     if let ClientEvent::Reconnected { name } = event {
-//!         tracing::info!(%name, "back online");
+//! loop {
+//!     match events.recv().await {
+//!         Ok(ClientEvent::Reconnected { name }) => tracing::info!(%name, "back online"),
+//!         Ok(_) => {}
+//!         // A receiver that fell behind skipped some events; it goes on.
+//!         Err(RecvError::Lagged(skipped)) => tracing::warn!(skipped, "events skipped"),
+//!         Err(RecvError::Closed) => break,
 //!     }
 //! }
 //! # Ok(()) }
@@ -55,7 +60,12 @@ pub use events::ClientEvent;
 pub use peer::ServerHandle;
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
+
 pub use agent_protocol::{
     close, codes, Call, CloseReason, Error, FileStore, Handler, HookError, Hooks, LinkConfig,
     MemoryStore, NameStore, Secret,
 };
+/// The rustls crate this crate's TLS builders take (`ServerConfig`,
+/// `ClientConfig`, certificate types), re-exported so a hand-built TLS
+/// configuration always matches the version in use.
+pub use tokio_rustls::rustls;

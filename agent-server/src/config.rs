@@ -107,8 +107,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The format names are assigned from; the first run of `#` is the
-    /// counter. Default `A####`.
+    /// The format names are assigned from: literal text around exactly one
+    /// run of `#`, the counter, zero-padded to the run's width (`A####`:
+    /// `A0001`, …, `A9999`, `A10000`). A format with no `#`, or two runs,
+    /// is a `CONFIG` error. Default `A####`.
     pub fn name_format(mut self, format: &str) -> Self {
         self.name_format = format.to_owned();
         self

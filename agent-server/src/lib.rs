@@ -21,6 +21,7 @@
 //!
 //! ```no_run
 //! use agent_server::{AgentServer, HookError, ServerEvent};
+//! use tokio::sync::broadcast::error::RecvError;
 //!
 //! # async fn demo() -> Result<(), agent_server::Error> {
 //! let server = AgentServer::builder().secret("s3cret").start("0.0.0.0:7800").await?;
@@ -28,10 +29,16 @@
 //!     Ok::<_, HookError>(format!("hello {who}, you are {}", call.peer.name()))
 //! });
 //! let mut events = server.events();
-//! while let Ok(event) = events.recv().await {
-//!     if let ServerEvent::AgentConnected(agent) = event {
-//!         let up: u64 = agent.send("uptime", &()).await?;
-//!         println!("{} is up for {up} s", agent.name());
+//! loop {
+//!     match events.recv().await {
+//!         Ok(ServerEvent::AgentConnected(agent)) => {
+//!             let up: u64 = agent.send("uptime", &()).await?;
+//!             println!("{} is up for {up} s", agent.name());
+//!         }
+//!         Ok(_) => {}
+//!         // A receiver that fell behind skipped some events; it goes on.
+//!         Err(RecvError::Lagged(skipped)) => tracing::warn!(skipped, "events skipped"),
+//!         Err(RecvError::Closed) => break,
 //!     }
 //! }
 //! # Ok(()) }
@@ -54,7 +61,12 @@ pub use events::ServerEvent;
 pub use server::{AgentServer, ServerStats, Target};
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
+
 pub use agent_protocol::{
     close, codes, Call, CloseReason, Error, FileStore, Handler, HookError, Hooks, LinkConfig,
     MemoryStore, NameStore, Secret,
 };
+/// The rustls crate this crate's TLS builders take (`ServerConfig`,
+/// `ClientConfig`, certificate types), re-exported so a hand-built TLS
+/// configuration always matches the version in use.
+pub use tokio_rustls::rustls;

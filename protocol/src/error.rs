@@ -120,6 +120,44 @@ impl fmt::Display for HookError {
 
 impl std::error::Error for HookError {}
 
+/// A hook that calls onward can pass the failure back with `?`: a remote
+/// error keeps its own code, message and data; any other error becomes a
+/// `HookError` with the error's stable code and text (`TIMEOUT`,
+/// `AGENT_NOT_CONNECTED`, …).
+///
+/// ```
+/// use agent_protocol::{Error, HookError};
+/// let onward = Error::Remote(HookError::new("DISK_FULL", "no space left"));
+/// let e: HookError = onward.into();
+/// assert_eq!((e.code.as_str(), e.message.as_str()), ("DISK_FULL", "no space left"));
+///
+/// let e: HookError = Error::Timeout(std::time::Duration::from_secs(1)).into();
+/// assert_eq!(e.code, "TIMEOUT");
+/// ```
+impl From<Error> for HookError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Remote(remote) => remote,
+            other => HookError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// A body or value that does not (de)serialize: `INVALID_MESSAGE`.
+impl From<serde_json::Error> for HookError {
+    fn from(e: serde_json::Error) -> Self {
+        HookError::invalid_message(e)
+    }
+}
+
+/// A failed file, process or socket operation inside a hook:
+/// `INTERNAL_ERROR` with the error's text.
+impl From<std::io::Error> for HookError {
+    fn from(e: std::io::Error) -> Self {
+        HookError::internal(e)
+    }
+}
+
 /// Every failure agent-tunnel reports.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -74,8 +74,9 @@ pub struct Hello {
     pub sign: bool,
 }
 
-/// `auth {nonce, name?, claim?, meta, proof}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `auth {nonce, name?, claim?, meta, proof}`. `Debug` leaves out the proof
+/// and the claim.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
     /// The agent's nonce, 32 random bytes as lowercase hex.
     pub nonce: String,
@@ -92,8 +93,9 @@ pub struct Auth {
     pub proof: String,
 }
 
-/// `welcome {name, first_time, token?, proof, limits}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `welcome {name, first_time, token?, proof, limits}`. `Debug` leaves out
+/// the token and the proof.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The agent's name for this session.
     pub name: String,
@@ -106,6 +108,35 @@ pub struct Welcome {
     pub proof: String,
     /// Limits the server enforces on this link.
     pub limits: Limits,
+}
+
+/// `"<redacted>"` for a secret value that is there, `None` for one that is not.
+fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
+    value.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("nonce", &self.nonce)
+            .field("name", &self.name)
+            .field("claim", &redacted(&self.claim))
+            .field("meta", &self.meta)
+            .field("proof", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Welcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Welcome")
+            .field("name", &self.name)
+            .field("first_time", &self.first_time)
+            .field("token", &redacted(&self.token))
+            .field("proof", &"<redacted>")
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// Limits announced in `welcome`.

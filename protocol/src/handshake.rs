@@ -64,8 +64,9 @@ impl Refusal {
     }
 }
 
-/// An `auth` frame whose proof of the secret verified.
-#[derive(Debug, Clone)]
+/// An `auth` frame whose proof of the secret verified. `Debug` leaves out
+/// the claim.
+#[derive(Clone)]
 pub struct VerifiedAuth {
     nonce_c: [u8; LEN],
     /// The name the agent asked for.
@@ -73,6 +74,16 @@ pub struct VerifiedAuth {
     claim: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
+}
+
+impl std::fmt::Debug for VerifiedAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedAuth")
+            .field("name", &self.name)
+            .field("claim", &self.claim.as_ref().map(|_| "<redacted>"))
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The server's side of one handshake.

@@ -164,6 +164,12 @@ impl<P: Clone + Send + 'static> Hooks<P> {
 
     /// Adds a catch-all handler: it runs for every action, before the
     /// action's own handlers; [`Call::action`] names the action.
+    ///
+    /// A catch-all also answers actions that have no handler of their own:
+    /// its result is then the response (`null` when it returns `()`), so
+    /// with a catch-all registered no call gets `UNKNOWN_ACTION`. A
+    /// catch-all that serves only some actions should return
+    /// `HookError::new("UNKNOWN_ACTION", …)` for the rest.
     pub fn on_any<T, R, F, Fut>(&self, f: F) -> &Self
     where
         T: DeserializeOwned + Send + 'static,

@@ -80,9 +80,18 @@ pub trait NameStore: Send + Sync + 'static {
 }
 
 /// Keeps the document in memory (the default): names survive reconnects but
-/// not a restart of the process.
-#[derive(Debug, Default)]
+/// not a restart of the process. Its `Debug` shows only whether it holds a
+/// document: the server's key and an agent's token live in it.
+#[derive(Default)]
 pub struct MemoryStore(Mutex<Option<Value>>);
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("saved", &self.0.lock().is_some())
+            .finish()
+    }
+}
 
 impl MemoryStore {
     /// An empty store.
