@@ -93,6 +93,9 @@ pub struct ServerStats {
     pub pending_requests: usize,
     /// Calls from agents the server is serving now.
     pub serving_requests: usize,
+    /// Hook tasks alive for agents' calls (hooks that did not finish at
+    /// once). They end with their agent's link.
+    pub running_hooks: usize,
 }
 
 impl ServerStats {
@@ -467,6 +470,7 @@ impl AgentServer {
                 .saturating_sub(usize::from(!inner.stop.is_cancelled())),
             pending_requests: live.iter().map(|a| a.link().pending_requests()).sum(),
             serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
+            running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
         }
     }
 

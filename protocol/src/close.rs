@@ -37,6 +37,9 @@ pub const UNSUPPORTED_VERSION: u16 = 4008;
 pub const HEARTBEAT_TIMEOUT: u16 = 4009;
 /// The server has too many connections waiting to authenticate.
 pub const OVERLOADED: u16 = 4010;
+/// The peer does not read: the link's outbound queue stayed full, the peer
+/// taking none of it, for `LinkConfig::drain_timeout`.
+pub const NOT_READING: u16 = 4011;
 
 /// Who ended a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,14 @@ struct Flat<'a> {
     err: Option<HookError>,
 }
 
+/// Longest decode error text: serde's messages quote the input (a string
+/// of the wrong type, an unknown variant), and the input is the peer's.
+pub const ERROR_CLIP: usize = 200;
+
+fn invalid_json(e: serde_json::Error) -> DecodeError {
+    DecodeError::InvalidJson(crate::log_limit::clip(&e.to_string(), ERROR_CLIP).into_owned())
+}
+
 fn need<T>(v: Option<T>, frame: &'static str, field: &'static str) -> Result<T, DecodeError> {
     v.ok_or(DecodeError::MissingField { frame, field })
 }
@@ -108,8 +116,7 @@ pub fn decode(text: &str) -> Result<Frame, DecodeError> {
 /// fuzzers can check that both paths agree.
 #[doc(hidden)]
 pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
-    let f: Flat<'_> =
-        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let f: Flat<'_> = serde_json::from_str(text).map_err(invalid_json)?;
     let frame = match f.t.as_ref() {
         "req" => Frame::Req(Req {
             id: need(f.id, "req", "id")?,
@@ -589,6 +596,22 @@ mod tests {
     fn missing_body_is_null() {
         let f = decode(r#"{"t":"req","id":3,"action":"ping"}"#).unwrap();
         assert!(matches!(f, Frame::Req(r) if r.body.get() == "null"));
+    }
+
+    #[test]
+    fn decode_errors_of_huge_input_are_clipped() {
+        let long = "x".repeat(10 * 1024);
+        let texts = [
+            // serde quotes a string of the wrong type whole.
+            format!(r#"{{"t":"req","id":"{long}","action":"a"}}"#),
+            format!(r#"{{"t":"{long}"}}"#),
+            format!(r#"{{"t":"res","id":1,"err":{{"code":1,"message":"{long}"}}}}"#),
+            format!("{{{long}"),
+        ];
+        for text in &texts {
+            let err = decode(text).unwrap_err().to_string();
+            assert!(err.len() <= ERROR_CLIP + 40, "{} bytes: {err}", err.len());
+        }
     }
 
     #[test]

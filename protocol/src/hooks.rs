@@ -12,6 +12,10 @@
 //! * an action with no handler at all answers `UNKNOWN_ACTION`;
 //! * a body that does not deserialize as the handler's type answers
 //!   `INVALID_MESSAGE`; a handler that panics answers `INTERNAL_ERROR`.
+//!
+//! The action is the peer's choice: where it appears in an error message or
+//! a log line it is clipped to [`ACTION_CLIP`] bytes, and the log line of a
+//! panic is rate-limited.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +32,12 @@ use serde_json::value::RawValue;
 
 use crate::codec::null_body;
 use crate::error::{codes, HookError};
+use crate::log_limit::{clip, LogLimit};
+
+/// Longest part of an action name quoted in an error message or a log line.
+pub const ACTION_CLIP: usize = 64;
+/// Longest part of a body's decode error quoted back to the caller.
+const DECODE_CLIP: usize = 200;
 
 /// What a handler learns about the call besides its body.
 #[derive(Debug, Clone)]
@@ -79,7 +89,11 @@ where
         let f = Arc::clone(&f);
         Box::pin(async move {
             let req = parsed.map_err(|e| {
-                HookError::invalid_message(format!("body of {:?}: {e}", &*call.action))
+                HookError::invalid_message(format!(
+                    "body of {:?}: {}",
+                    clip(&call.action, ACTION_CLIP),
+                    clip(&e.to_string(), DECODE_CLIP)
+                ))
             })?;
             let res = f(req, call).await?;
             let raw = serde_json::value::to_raw_value(&res)
@@ -220,7 +234,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         let state = match (&any[..], &own[..]) {
             ([], []) => DispatchState::Done(Some(Err(HookError::new(
                 codes::UNKNOWN_ACTION,
-                format!("no hook for action {:?}", &*action),
+                format!("no hook for action {:?}", clip(&action, ACTION_CLIP)),
             )))),
             ([only], []) | ([], [only]) => {
                 let call = Call {
@@ -272,7 +286,12 @@ async fn chain<P: Clone + Send + 'static>(
 }
 
 fn panicked(action: &str) -> HookError {
-    tracing::error!(action, "hook panicked");
+    // A peer can make a buggy hook panic at will.
+    static PANICS: LogLimit = LogLimit::per_second(5);
+    let action = clip(action, ACTION_CLIP);
+    if let Some(suppressed) = PANICS.allow() {
+        tracing::error!(action = %action, suppressed, "hook panicked");
+    }
     HookError::new(
         codes::INTERNAL_ERROR,
         format!("hook for {action:?} panicked"),
@@ -402,6 +421,49 @@ mod tests {
         hooks.on_any(|_: Value, _| async { Ok(()) });
         let err = hooks.dispatch("bomb", raw(json!(1)), ()).await.unwrap_err();
         assert_eq!(err.code, codes::INTERNAL_ERROR);
+    }
+
+    #[tokio::test]
+    async fn a_long_action_is_clipped_in_error_messages() {
+        let action = "a".repeat(10 * 1024);
+        let hooks: Hooks<()> = Hooks::new();
+        let unknown = hooks
+            .dispatch(&action, raw(json!(null)), ())
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code, codes::UNKNOWN_ACTION);
+        assert!(unknown.message.len() < 200, "{}", unknown.message.len());
+
+        hooks.on_hook(&action, |_: Value, _| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(())
+        });
+        let panicked = hooks
+            .dispatch(&action, raw(json!(null)), ())
+            .await
+            .unwrap_err();
+        assert_eq!(panicked.code, codes::INTERNAL_ERROR);
+        assert!(panicked.message.len() < 200, "{}", panicked.message.len());
+
+        #[derive(Debug, serde::Deserialize)]
+        struct Typed {
+            _n: u32,
+        }
+        let typed = "t".repeat(10 * 1024);
+        hooks.on_hook(&typed, |_: Typed, _| async { Ok(()) });
+        let huge = raw(json!({ "x".repeat(10 * 1024): 1 }));
+        let invalid = hooks.dispatch(&typed, huge, ()).await.unwrap_err();
+        assert_eq!(invalid.code, codes::INVALID_MESSAGE);
+        assert!(invalid.message.len() < 400, "{}", invalid.message.len());
+    }
+
+    #[test]
+    fn the_panic_error_of_a_long_action_is_short() {
+        let err = panicked(&"x".repeat(10 * 1024));
+        assert_eq!(err.code, codes::INTERNAL_ERROR);
+        assert!(err.message.len() <= ACTION_CLIP + 40, "{}", err.message);
     }
 
     #[tokio::test]

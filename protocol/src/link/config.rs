@@ -21,6 +21,16 @@ pub const DEFAULT_WRITE_QUEUE: usize = 1024;
 pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
 /// Default write buffer per connection (frames are flushed past it).
 pub const DEFAULT_WRITE_BUFFER: usize = 4 * 1024;
+/// Default bound on a link's queued outbound bytes, as a multiple of
+/// `max_message_bytes` (so 4 MiB at the default message limit).
+pub const DEFAULT_QUEUED_MESSAGES: usize = 4;
+/// Default time a peer that does not read gets to drain its link's full
+/// queue before the link is closed with 4011: as long as the default
+/// heartbeat gives a silent peer.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest time a hook may run for a peer's request, whatever
+/// timeout the peer asked for.
+pub const DEFAULT_MAX_HOOK_TIME: Duration = Duration::from_secs(300);
 
 /// Smallest `max_message_bytes` a builder accepts: room for a frame's
 /// envelope and a small body.
@@ -45,12 +55,34 @@ pub struct LinkConfig {
     /// Interval between pings; `None` turns heartbeats off. Default 5 s.
     pub ping_interval: Option<Duration>,
     /// Ping intervals without any frame from the peer before the link is
-    /// closed as dead (close code 4009). Default 2.
+    /// closed as dead (close code 4009). Default 2. Intervals in which this
+    /// side read nothing because its outbound queue was full do not count:
+    /// `drain_timeout` covers those.
     pub missed_pongs: u32,
     /// How long a close waits for the peer's close reply. Default 2 s.
     pub close_timeout: Duration,
     /// Frames queued in front of the writer task. Default 1024.
     pub write_queue: usize,
+    /// Most bytes of frames a link holds waiting to be written (requests,
+    /// answers, from callers, hook tasks and the link itself), counted
+    /// before any signed envelope; `None` means
+    /// [`DEFAULT_QUEUED_MESSAGES`] times `max_message_bytes` (4 MiB by
+    /// default). At least `max_message_bytes`. Once that many are queued
+    /// the link stops reading from the peer (no new requests are served)
+    /// and callers and hook tasks wait for room instead of growing memory;
+    /// nothing queued is dropped. The WebSocket layer's own buffer (about
+    /// `write_buffer` plus one message) comes on top. See `drain_timeout`
+    /// for a peer that never makes room.
+    pub max_queued_bytes: Option<usize>,
+    /// How long the queue may stay full, the peer reading none of it,
+    /// before the link is closed with 4011 ("peer does not read"), whatever
+    /// else the peer sends meanwhile (pings included). Default 10 s.
+    pub drain_timeout: Duration,
+    /// Longest a hook runs for a request of the peer: a request whose
+    /// `timeout_ms` is longer, or that has none, is held to this, and a
+    /// hook still running then is dropped and answers `TIMEOUT`.
+    /// Default 5 min.
+    pub max_hook_time: Duration,
     /// Read buffer of the WebSocket layer, in bytes. Default 4 KiB.
     pub read_buffer: usize,
     /// Write buffer of the WebSocket layer, in bytes. Default 4 KiB.
@@ -72,6 +104,9 @@ impl Default for LinkConfig {
             missed_pongs: DEFAULT_MISSED_PONGS,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             write_queue: DEFAULT_WRITE_QUEUE,
+            max_queued_bytes: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_hook_time: DEFAULT_MAX_HOOK_TIME,
             read_buffer: DEFAULT_READ_BUFFER,
             write_buffer: DEFAULT_WRITE_BUFFER,
             peer_max_message_bytes: None,
@@ -108,7 +143,34 @@ impl LinkConfig {
         if self.write_queue == 0 {
             return fail("write_queue must be at least 1");
         }
+        if self
+            .max_queued_bytes
+            .is_some_and(|n| n < self.max_message_bytes)
+        {
+            return fail("max_queued_bytes must be at least max_message_bytes");
+        }
+        if self.drain_timeout < MIN_PING_INTERVAL {
+            return fail("drain_timeout must be at least 1 ms");
+        }
+        if self.max_hook_time.is_zero() {
+            return fail("max_hook_time must not be zero");
+        }
         Ok(())
+    }
+
+    /// The bound on queued outbound bytes: `max_queued_bytes`, or
+    /// [`DEFAULT_QUEUED_MESSAGES`] times `max_message_bytes` when unset.
+    ///
+    /// ```
+    /// use agent_protocol::LinkConfig;
+    /// let config = LinkConfig::default();
+    /// assert_eq!(config.queued_bytes_limit(), 4 << 20);
+    /// ```
+    pub fn queued_bytes_limit(&self) -> usize {
+        self.max_queued_bytes.unwrap_or_else(|| {
+            self.max_message_bytes
+                .saturating_mul(DEFAULT_QUEUED_MESSAGES)
+        })
     }
 
     /// Largest message this side sends: its own limit, or the peer's when
@@ -135,5 +197,69 @@ impl LinkConfig {
             )
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: &LinkConfig) -> String {
+        match config.validate() {
+            Err(crate::Error::Config(what)) => what,
+            other => panic!("expected a CONFIG error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_validate() {
+        assert!(LinkConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_zero_ping_interval_is_refused() {
+        let mut config = LinkConfig {
+            ping_interval: Some(Duration::ZERO),
+            ..LinkConfig::default()
+        };
+        assert!(refused(&config).contains("ping_interval"));
+        config.ping_interval = None;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_queue_smaller_than_one_message_is_refused() {
+        let mut config = LinkConfig {
+            max_queued_bytes: Some(DEFAULT_MAX_MESSAGE_BYTES - 1),
+            ..LinkConfig::default()
+        };
+        assert!(refused(&config).contains("max_queued_bytes"));
+        config.max_queued_bytes = Some(config.max_message_bytes);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.queued_bytes_limit(), config.max_message_bytes);
+    }
+
+    #[test]
+    fn the_default_queue_follows_the_message_limit() {
+        let config = LinkConfig {
+            max_message_bytes: 16 << 20,
+            ..LinkConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        assert_eq!(config.queued_bytes_limit(), 64 << 20);
+    }
+
+    #[test]
+    fn zero_drain_and_hook_times_are_refused() {
+        let config = LinkConfig {
+            drain_timeout: Duration::ZERO,
+            ..LinkConfig::default()
+        };
+        assert!(refused(&config).contains("drain_timeout"));
+        let config = LinkConfig {
+            max_hook_time: Duration::ZERO,
+            ..LinkConfig::default()
+        };
+        assert!(refused(&config).contains("max_hook_time"));
     }
 }

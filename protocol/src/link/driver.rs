@@ -9,6 +9,18 @@
 //! most [`READ_BURST`] messages between two rounds of writing, so neither
 //! direction starves the other. It also keeps the heartbeat and closes the
 //! link with the right code.
+//!
+//! Backpressure: while the link's byte budget is spent (or [`OUT_LIMIT`]
+//! frames wait), the driver reads nothing from the peer, so it serves no new
+//! request; producers wait for room. A peer that takes none of the queued
+//! frames for [`LinkConfig::drain_timeout`](super::LinkConfig::drain_timeout)
+//! is closed with 4011, whatever else it sends.
+//!
+//! However the driver ends (its loop returns, it panics, its task is
+//! aborted), a guard finishes the link: every waiter fails with
+//! `CONNECTION_CLOSED`, hook tasks are cancelled, and
+//! [`LinkHandle::stopped`](super::LinkHandle::stopped) resolves once they
+//! are gone.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,22 +32,29 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::inbound;
-use super::{Outbound, Shared};
+use super::inbound::{self, REASON_CLIP};
+use super::{Outbound, Shared, MIN_PING_INTERVAL};
 use crate::close::{self, CloseReason};
 use crate::hooks::Hooks;
+use crate::log_limit::{clip, LogLimit};
 use crate::signed::{Signer, Verifier};
+use crate::time::deadline_in;
 
 /// Most messages read between two rounds of writing.
 const READ_BURST: usize = 64;
 /// Most frames waiting to be written; past it the driver stops reading and
 /// taking from the queue until the socket drains (backpressure).
 const OUT_LIMIT: usize = 1024;
+
+/// Peer-triggered closes: one log line per few links, not one per link.
+static VIOLATIONS: LogLimit = LogLimit::per_second(5);
+static STALLS: LogLimit = LogLimit::per_second(5);
 
 fn to_message(out: Outbound, signer: &mut Option<Signer>) -> Message {
     match out {
@@ -57,6 +76,8 @@ enum Event {
     Read(Option<Result<Message, WsError>>),
     /// Writing failed: the connection is gone.
     WriteFailed(WsError),
+    /// The queue stayed full, the peer taking nothing, for the drain timeout.
+    NotReading,
 }
 
 /// How the main loop ended.
@@ -69,10 +90,27 @@ enum Ending {
     Gone,
 }
 
+/// Finishes the link however the driver ends, unwinding and abort included.
+struct Exit<'a>(&'a Shared);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        let shared = self.0;
+        shared.finish(CloseReason::local(close::ABNORMAL, "link stopped"));
+        shared.hook_tasks.close();
+        shared.stop.cancel();
+    }
+}
+
+/// A deadline far enough away to mean "not armed".
+fn never() -> Instant {
+    deadline_in(Duration::MAX)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<S, P>(
-    mut ws: WebSocketStream<S>,
-    mut rx: mpsc::Receiver<Outbound>,
+    ws: WebSocketStream<S>,
+    rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
     mut signer: Option<Signer>,
     mut verifier: Option<Verifier>,
@@ -82,10 +120,26 @@ pub(crate) async fn run<S, P>(
     S: AsyncRead + AsyncWrite + Unpin,
     P: Clone + Send + Sync + 'static,
 {
-    let period = shared.config.ping_interval;
-    let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.reset();
+    // Declared before the socket and the queue, so those are dropped (the
+    // socket released) before the guard says the link has stopped.
+    let _exit = Exit(&shared);
+    let mut ws = ws;
+    let mut rx = rx;
+    let config = &shared.config;
+    // Builders refuse a zero interval; a config that skipped them is
+    // clamped rather than left to spin or panic.
+    let period = config.ping_interval.map(|p| p.max(MIN_PING_INTERVAL));
+    let ticker = tokio::time::sleep_until(period.map_or_else(never, deadline_in));
+    tokio::pin!(ticker);
+    let drain_timeout = config.drain_timeout.max(MIN_PING_INTERVAL);
+    let drain = tokio::time::sleep_until(never());
+    tokio::pin!(drain);
+    // The drain deadline is armed: the queue is full and the peer takes
+    // nothing of it.
+    let mut stalled = false;
+    // Something left the queue (or the WebSocket layer's buffer) since the
+    // drain deadline was last set.
+    let mut progressed = false;
     let mut silent_ticks: u32 = 0;
     let mut out: VecDeque<Outbound> = VecDeque::new();
     let mut dirty = false;
@@ -98,7 +152,7 @@ pub(crate) async fn run<S, P>(
             if close_requested.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Close);
             }
-            if period.is_some() && ticker.poll_tick(cx).is_ready() {
+            if period.is_some() && ticker.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Tick);
             }
             while out.len() < OUT_LIMIT {
@@ -108,8 +162,11 @@ pub(crate) async fn run<S, P>(
                     Poll::Ready(None) | Poll::Pending => break,
                 }
             }
+            // Reading pauses while the queue is full: a peer that does not
+            // read gets no more answers queued for it.
+            let backlog = out.len() >= OUT_LIMIT || shared.budget.is_full();
             let mut read_skipped = true;
-            if out.len() < OUT_LIMIT && burst < READ_BURST {
+            if !backlog && burst < READ_BURST {
                 read_skipped = false;
                 if let Poll::Ready(msg) = Pin::new(&mut ws).poll_next(cx) {
                     burst += 1;
@@ -117,32 +174,74 @@ pub(crate) async fn run<S, P>(
                 }
             }
             burst = 0;
-            let before = out.len();
+            let mut written = 0usize;
+            let mut frames = 0usize;
+            let mut failed = None;
             while !out.is_empty() {
                 match Pin::new(&mut ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let Some(frame) = out.pop_front() else { break };
+                        written += frame.bytes();
+                        frames += 1;
                         if let Err(e) = Pin::new(&mut ws).start_send(to_message(frame, &mut signer))
                         {
-                            return Poll::Ready(Event::WriteFailed(e));
+                            failed = Some(e);
+                            break;
                         }
                         dirty = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Event::WriteFailed(e)),
+                    Poll::Ready(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
                     Poll::Pending => break,
                 }
             }
+            // One subtraction per round, not per frame.
+            shared.budget.release(written);
+            if let Some(e) = failed {
+                return Poll::Ready(Event::WriteFailed(e));
+            }
+            progressed |= frames > 0;
             if dirty {
                 match Pin::new(&mut ws).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => dirty = false,
+                    Poll::Ready(Ok(())) => {
+                        dirty = false;
+                        progressed = true;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::WriteFailed(e)),
                     Poll::Pending => {}
                 }
             }
-            // Writing made room, or reading paused for it: look again, so a
-            // waker is registered for everything this task waits on.
-            if read_skipped && (out.len() < before || out.len() < OUT_LIMIT) {
+            // Writing made room, or reading paused for the burst: look
+            // again, so a waker is registered for everything this task
+            // waits on.
+            if read_skipped && (frames > 0 || !backlog) {
                 continue;
+            }
+            if backlog {
+                if out.is_empty() && !dirty {
+                    // Full, yet nothing to write: the budget is held by
+                    // producers about to queue, or one that gives up; the
+                    // latter must wake us, or reading would never resume.
+                    shared.budget.wake_driver_on_room(cx.waker());
+                    if !shared.budget.is_full() {
+                        continue;
+                    }
+                    stalled = false;
+                } else if !stalled || progressed {
+                    // Stuck, or it took something since: the peer gets the
+                    // whole drain timeout from here.
+                    stalled = true;
+                    progressed = false;
+                    drain.as_mut().reset(deadline_in(drain_timeout));
+                }
+            } else {
+                stalled = false;
+                progressed = false;
+            }
+            if stalled && drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::NotReading);
             }
             return Poll::Pending;
         })
@@ -151,14 +250,35 @@ pub(crate) async fn run<S, P>(
         match event {
             Event::Close => break Ending::Close { read: true },
             Event::WriteFailed(e) => {
-                tracing::debug!(error = %e, "write failed");
+                let error = clip(&e.to_string(), REASON_CLIP).into_owned();
+                tracing::debug!(%error, "write failed");
                 shared.finish(CloseReason::remote(
                     close::ABNORMAL,
-                    format!("write failed: {e}"),
+                    format!("write failed: {error}"),
                 ));
                 break Ending::Gone;
             }
+            Event::NotReading => {
+                if let Some(suppressed) = STALLS.allow() {
+                    tracing::debug!(
+                        queued = shared.budget.queued(),
+                        suppressed,
+                        "closing link: peer does not read"
+                    );
+                }
+                shared.request_close(close::NOT_READING, "peer does not read");
+                // The peer takes nothing, so nothing would carry its reply.
+                break Ending::Close { read: false };
+            }
             Event::Tick => {
+                if let Some(p) = period {
+                    ticker.as_mut().reset(deadline_in(p));
+                }
+                if stalled {
+                    // Not reading, this side cannot see the peer's signs
+                    // of life: the drain timeout judges it meanwhile.
+                    continue;
+                }
                 if silent_ticks >= shared.config.missed_pongs {
                     tracing::debug!("peer silent for {silent_ticks} ping intervals");
                     shared.request_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
@@ -209,10 +329,21 @@ pub(crate) async fn run<S, P>(
                     Some(Ok(_)) => Ok(None),
                 };
                 match handled {
-                    Ok(Some(frame)) => out.push_back(frame),
+                    Ok(Some(frame)) => {
+                        shared.budget.add(frame.bytes());
+                        out.push_back(frame);
+                    }
                     Ok(None) => {}
                     Err((code, reason)) => {
-                        tracing::debug!(code, %reason, "closing link: peer broke the protocol");
+                        if let Some(suppressed) = VIOLATIONS.allow() {
+                            let reason = clip(&reason, REASON_CLIP);
+                            tracing::debug!(
+                                code,
+                                %reason,
+                                suppressed,
+                                "closing link: peer broke the protocol"
+                            );
+                        }
                         shared.request_close(code, &reason);
                     }
                 }
@@ -234,25 +365,27 @@ pub(crate) async fn run<S, P>(
             };
             // Frames still queued are dropped: the link is over, and every
             // caller waiting on it has failed already.
-            let sent = tokio::time::timeout(timeout, ws.send(Message::Close(Some(frame)))).await;
+            let sent =
+                tokio::time::timeout_at(deadline_in(timeout), ws.send(Message::Close(Some(frame))))
+                    .await;
             if read && matches!(sent, Ok(Ok(()))) {
                 // Wait for the peer's close reply, so the code reaches it.
-                let _ = tokio::time::timeout(timeout, drain(&mut ws)).await;
+                let _ = tokio::time::timeout_at(deadline_in(timeout), drain_ws(&mut ws)).await;
             }
         }
         Ending::PeerClosed => {
             // tungstenite queued the close reply; flushing sends it.
-            let _ = tokio::time::timeout(timeout, ws.flush()).await;
-            let _ = tokio::time::timeout(timeout, drain(&mut ws)).await;
+            let _ = tokio::time::timeout_at(deadline_in(timeout), ws.flush()).await;
+            let _ = tokio::time::timeout_at(deadline_in(timeout), drain_ws(&mut ws)).await;
         }
         Ending::Gone => {}
     }
-    shared.finish(CloseReason::local(close::ABNORMAL, "link stopped"));
-    shared.stop.cancel();
+    // `_exit` finishes the link and releases the waiters, after the socket
+    // is dropped.
 }
 
 /// Reads until the stream ends or fails.
-async fn drain<S>(ws: &mut WebSocketStream<S>)
+async fn drain_ws<S>(ws: &mut WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

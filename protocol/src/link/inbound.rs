@@ -2,6 +2,10 @@
 //! complete pending requests by id, serve incoming requests (refusing with
 //! `BUSY` past the in-flight limit), and turn every kind of bad input into a
 //! close with its documented code.
+//!
+//! Everything here runs for a peer's input, at the peer's pace: text the
+//! peer chose is clipped before it reaches a log line or an error message,
+//! and each log line is rate-limited.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use crate::codec::CallRef;
 use crate::error::{codes, Error, HookError};
 use crate::frame::{Frame, Outcome, RequestId, Res};
 use crate::hooks::Hooks;
+use crate::log_limit::{clip, LogLimit};
 use crate::signed::Verifier;
 use serde_json::value::RawValue;
 
@@ -27,10 +32,19 @@ pub(crate) type Violation = (u16, String);
 /// Close code for text that is not UTF-8 (RFC 6455 §7.4.1).
 pub(crate) const INVALID_PAYLOAD: u16 = 1007;
 
+/// Longest piece of peer-chosen text (a reason, a decode error) in a log
+/// line or an error message.
+pub(crate) const REASON_CLIP: usize = 200;
+
+static READ_ERRORS: LogLimit = LogLimit::per_second(5);
+static STRAY_FRAMES: LogLimit = LogLimit::per_second(5);
+
 pub(crate) fn read_error(shared: &Shared, e: WsError) {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-            tracing::debug!(size, max_size, "message too big");
+            if let Some(suppressed) = READ_ERRORS.allow() {
+                tracing::debug!(size, max_size, suppressed, "message too big");
+            }
             shared.request_close(
                 close::TOO_BIG,
                 &format!("message of {size} bytes exceeds the limit of {max_size}"),
@@ -43,13 +57,19 @@ pub(crate) fn read_error(shared: &Shared, e: WsError) {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             shared.finish(CloseReason::remote(close::ABNORMAL, "connection reset"));
         }
-        WsError::Protocol(e) => shared.request_close(close::PROTOCOL_ERROR, &e.to_string()),
+        WsError::Protocol(e) => {
+            shared.request_close(close::PROTOCOL_ERROR, &clip(&e.to_string(), REASON_CLIP));
+        }
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             shared.finish(CloseReason::remote(close::ABNORMAL, "connection closed"));
         }
         other => {
-            tracing::debug!(error = %other, "read failed");
-            shared.finish(CloseReason::remote(close::ABNORMAL, other.to_string()));
+            let error = other.to_string();
+            let error = clip(&error, REASON_CLIP);
+            if let Some(suppressed) = READ_ERRORS.allow() {
+                tracing::debug!(%error, suppressed, "read failed");
+            }
+            shared.finish(CloseReason::remote(close::ABNORMAL, error));
         }
     }
 }
@@ -66,9 +86,12 @@ where
     P: Clone + Send + Sync + 'static,
 {
     let text = match verifier {
-        Some(v) => v
-            .verify(text)
-            .map_err(|e| (close::BAD_SIGNATURE, e.to_string()))?,
+        Some(v) => v.verify(text).map_err(|e| {
+            (
+                close::BAD_SIGNATURE,
+                clip(&e.to_string(), REASON_CLIP).into(),
+            )
+        })?,
         None => text,
     };
     // The two frames of every call, read in place; anything else through
@@ -86,6 +109,7 @@ where
         }
         None => {}
     }
+    // Decode errors come clipped from the codec.
     let frame = codec::decode_general(text).map_err(|e| (close::PROTOCOL_ERROR, e.to_string()))?;
     match frame {
         Frame::Res(Res { id, outcome }) => {
@@ -106,7 +130,9 @@ where
             peer,
         )),
         Frame::Note(_) | Frame::Cancel(_) | Frame::Prog(_) => {
-            tracing::debug!(kind = frame.kind(), "reserved frame ignored");
+            if let Some(suppressed) = STRAY_FRAMES.allow() {
+                tracing::debug!(kind = frame.kind(), suppressed, "reserved frame ignored");
+            }
             Ok(None)
         }
         other => Err((
@@ -118,16 +144,25 @@ where
 
 fn complete(shared: &Shared, id: RequestId, reply: Result<Box<RawValue>, Error>) {
     if !shared.pending.complete(id, reply) {
-        tracing::debug!(
-            id,
-            "response nobody waits for (late or unknown id); dropped"
-        );
+        if let Some(suppressed) = STRAY_FRAMES.allow() {
+            tracing::debug!(
+                id,
+                suppressed,
+                "response nobody waits for (late or unknown id); dropped"
+            );
+        }
     }
 }
 
 /// Serves one request: answers at once (`BUSY`, or a hook that finished
 /// without waiting) or hands the hook to a task of its own, which answers
 /// through the queue.
+///
+/// A hook task belongs to its link: it is cancelled (its future dropped)
+/// when the link ends, it stops at the sooner of the peer's `timeout_ms`
+/// and [`LinkConfig::max_hook_time`](super::LinkConfig::max_hook_time),
+/// and it holds its serving permit until its answer is queued, so
+/// `max_in_flight` bounds answers waiting for room too.
 fn serve<P>(
     id: RequestId,
     action: &str,
@@ -167,27 +202,42 @@ where
             Some(answer(id, &result, max_out))
         }
         std::task::Poll::Pending => {
-            let tx = shared.tx.clone();
+            // Nobody waits past the caller's timeout, and nothing runs past
+            // this side's own cap.
+            let max = shared.config.max_hook_time;
+            let limit = timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
+            let deadline = crate::time::deadline_in(limit);
+            let owned = Arc::clone(shared);
             let span = tracing::debug_span!("hook", id);
-            tokio::spawn(
-                async move {
-                    let result = match timeout_ms {
-                        // Nobody waits past the caller's timeout, so stop there.
-                        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), work)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(HookError::new(
-                                    codes::TIMEOUT,
-                                    format!("hook did not finish within {ms} ms"),
-                                ))
-                            }),
-                        None => work.await,
+            let task = async move {
+                let shared = &*owned;
+                let run = async move {
+                    let result = match tokio::time::timeout_at(deadline, work).await {
+                        Ok(result) => result,
+                        Err(_) => Err(HookError::new(
+                            codes::TIMEOUT,
+                            format!("hook did not finish within {} ms", limit.as_millis()),
+                        )),
                     };
+                    // Only the encoded answer waits for room.
+                    let frame = answer(id, &result, max_out);
+                    drop(result);
+                    // Wait for room rather than grow the queue; give up only
+                    // when the link ends (and then the answer has nowhere to go).
+                    let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
+                        return;
+                    };
+                    if shared.tx.send(frame).await.is_ok() {
+                        room.queued();
+                    }
+                    // Held until now, so answers waiting for room count
+                    // against `max_in_flight` too.
                     drop(permit);
-                    let _ = tx.send(answer(id, &result, max_out)).await;
-                }
-                .instrument(span),
-            );
+                };
+                // The link's end drops the hook's future, wherever it is.
+                let _ = shared.end.run_until_cancelled(run).await;
+            };
+            shared.hook_tasks.spawn(task.instrument(span));
             None
         }
     }

@@ -15,7 +15,14 @@
 //! follow the order on the wire. A hook that finishes at once is answered by
 //! the driver itself; one that waits runs on a task of its own, so a slow hook
 //! never holds up another request.
+//!
+//! What a link holds is bounded: requests in flight either way
+//! ([`LinkConfig::max_in_flight`]), bytes waiting to be written
+//! ([`LinkConfig::max_queued_bytes`]: past it the link stops reading and
+//! producers wait for room), and the life of a hook task (it ends with the
+//! link, and at [`LinkConfig::max_hook_time`] at the latest).
 
+mod budget;
 mod config;
 mod driver;
 mod inbound;
@@ -33,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::*;
@@ -44,6 +52,7 @@ use crate::frame::Frame;
 use crate::handshake::Session;
 use crate::hooks::Hooks;
 use crate::signed::{self, Signer, Verifier};
+use budget::Budget;
 use pending::Pending;
 
 /// Which end of the link this is; it picks the direction bytes of signed frames.
@@ -67,6 +76,16 @@ pub(crate) enum Outbound {
     Unsigned(String),
 }
 
+impl Outbound {
+    /// What the frame counts for in the link's byte budget.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Outbound::Text(text) | Outbound::Unsigned(text) => text.len(),
+            Outbound::Ping => 0,
+        }
+    }
+}
+
 pub(crate) struct Shared {
     config: LinkConfig,
     /// Largest frame this side sends, before any signed envelope: what the
@@ -80,10 +99,18 @@ pub(crate) struct Shared {
     pub(crate) close_token: CancellationToken,
     /// The reason the link ended, once it has.
     ended: watch::Sender<Option<CloseReason>>,
+    /// Cancelled with the reason set: hook tasks stop, producers waiting
+    /// for room give up.
+    pub(crate) end: CancellationToken,
     /// Cancelled when the driver has let go of the socket.
     pub(crate) stop: CancellationToken,
     /// Permits for requests this side serves.
     serving: Arc<Semaphore>,
+    /// The hook tasks of this link; closed when the driver exits, so
+    /// [`LinkHandle::stopped`] can wait until every one is gone.
+    pub(crate) hook_tasks: TaskTracker,
+    /// Bytes queued for the peer (see [`budget`]).
+    pub(crate) budget: Budget,
     /// Set by [`LinkHandle::drain`]: new requests either way are refused
     /// with `SHUTDOWN`, while those in flight finish.
     pub(crate) draining: std::sync::atomic::AtomicBool,
@@ -115,6 +142,7 @@ impl Shared {
                 false
             }
         });
+        self.end.cancel();
     }
 
     /// Ends the link locally and asks the writer to send a close frame.
@@ -151,7 +179,9 @@ impl LinkHandle {
     /// Sends a request with a raw body and waits for its response, an error or
     /// the timeout. Fails at once with `BUSY` when `max_in_flight` requests
     /// wait already, and with `CONNECTION_CLOSED` when the link is (or goes)
-    /// down.
+    /// down. While the link's queue holds [`LinkConfig::max_queued_bytes`]
+    /// (the peer reads slowly, or not at all), the request waits for room,
+    /// within its timeout.
     pub async fn request(
         &self,
         action: &str,
@@ -206,9 +236,14 @@ impl LinkHandle {
             )));
         }
         let exchange = async {
-            if self.shared.tx.send(Outbound::Text(text)).await.is_err() {
+            let shared = &self.shared;
+            let Some(room) = shared.budget.reserve(text.len(), &shared.end).await else {
+                return Err(self.closed_error());
+            };
+            if shared.tx.send(Outbound::Text(text)).await.is_err() {
                 return Err(self.closed_error());
             }
+            room.queued();
             let reply = rx.await;
             guard.answered();
             match reply {
@@ -216,7 +251,7 @@ impl LinkHandle {
                 Err(_) => Err(self.closed_error()),
             }
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange).await {
             Ok(reply) => reply,
             Err(_) => Err(Error::Timeout(timeout)),
         }
@@ -262,10 +297,12 @@ impl LinkHandle {
         reason.unwrap_or_else(|| CloseReason::local(crate::close::ABNORMAL, "link stopped"))
     }
 
-    /// Waits until both of the link's tasks have stopped and the socket is
-    /// released.
+    /// Waits until the link's driver has stopped and released the socket,
+    /// and every hook task of the link is gone (they are cancelled when the
+    /// link ends, so this does not wait for them to finish their work).
     pub async fn stopped(&self) {
         self.shared.stop.cancelled().await;
+        self.shared.hook_tasks.wait().await;
     }
 
     /// Why the link ended, or `None` while it is up.
@@ -322,12 +359,26 @@ impl LinkHandle {
         self.shared.pending.len()
     }
 
-    /// Requests from the peer this side is serving now.
+    /// Requests from the peer this side is serving now: hooks running, and
+    /// answers waiting for room in the queue.
     pub fn serving_requests(&self) -> usize {
         self.shared
             .config
             .max_in_flight
             .saturating_sub(self.shared.serving.available_permits())
+    }
+
+    /// Hook tasks of this link alive now: hooks that did not finish at once
+    /// and run on a task of their own, until they have answered or been
+    /// cancelled (when the link ends, or at [`LinkConfig::max_hook_time`]).
+    pub fn running_hooks(&self) -> usize {
+        self.shared.hook_tasks.len()
+    }
+
+    /// Bytes of frames waiting to be written to the peer, counted against
+    /// [`LinkConfig::max_queued_bytes`].
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.budget.queued()
     }
 
     /// The link's limits.
@@ -336,7 +387,14 @@ impl LinkHandle {
     }
 }
 
-/// Starts the reader and writer tasks of an authenticated connection.
+/// Starts the driver task of an authenticated connection.
+///
+/// However that task ends (the link closes, it panics, the runtime drops
+/// it), the link ends with it: [`LinkHandle::closed`] returns, calls in
+/// flight fail with `CONNECTION_CLOSED`, and hook tasks are cancelled.
+/// Limits come from `config`, which the builders check with
+/// [`LinkConfig::validate`]; timer values that skipped that check are
+/// clamped, not trusted.
 ///
 /// `make_peer` builds the value handed to hooks as [`crate::Call::peer`]; it
 /// receives the link's handle so the peer value can call back over it.
@@ -357,9 +415,12 @@ where
     P: Clone + Send + Sync + 'static,
 {
     let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+    let budget = Budget::new(config.queued_bytes_limit());
     if let Some(frame) = first {
+        let frame = Outbound::Unsigned(codec::encode(frame));
+        budget.add(frame.bytes());
         // The queue is new and has room, so this cannot fail.
-        let _ = tx.try_send(Outbound::Unsigned(codec::encode(frame)));
+        let _ = tx.try_send(frame);
     }
     let signing = session.filter(|s| s.sign);
     let max_out = match signing {
@@ -376,7 +437,10 @@ where
         close_request: parking_lot::Mutex::new(None),
         close_token: CancellationToken::new(),
         ended: watch::channel(None).0,
+        end: CancellationToken::new(),
         stop: CancellationToken::new(),
+        hook_tasks: TaskTracker::new(),
+        budget,
         seen: AtomicU64::new(0),
         probing: AtomicUsize::new(0),
         seen_notify: Notify::new(),
