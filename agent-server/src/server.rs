@@ -100,7 +100,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// True when nothing is left: no agent, reserved name, handshake,
-    /// connection task, or request either way. A server whose agents have
+    /// connection task, running hook, or request either way. A server whose agents have
     /// all gone reaches this once their connections have closed.
     pub fn is_idle(&self) -> bool {
         *self == ServerStats::default()
