@@ -15,6 +15,8 @@
 //! * `dial`: one connection attempt (TCP, TLS, upgrade, handshake).
 //! * [`Backoff`]: reconnect delays.
 //! * `identity`: the stored name and token.
+//! * `verdict`: which failed attempts are retried, which are final, and
+//!   when a stale identity is dropped for a new one.
 //! * [`ServerHandle`]: what hooks receive as their peer.
 //!
 //! ```no_run
@@ -47,6 +49,7 @@ mod events;
 mod identity;
 mod peer;
 mod tls;
+mod verdict;
 
 pub use backoff::Backoff;
 pub use client::AgentClient;
