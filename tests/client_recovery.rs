@@ -75,13 +75,14 @@ fn assert_never_gave_up(events: &[ClientEvent]) {
     }
 }
 
-/// A store holding `identity` in the client's document format.
-async fn store_with(identity: &Identity) -> Arc<MemoryStore> {
+/// A store holding the identity `name` + `token`, in the client's document
+/// format.
+async fn store_with(name: &str, token: Option<&Key>) -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::new());
     let doc = json!({
         "version": 1,
-        "name": identity.name,
-        "token": identity.token.as_ref().map(Key::to_hex),
+        "name": name,
+        "token": token.map(Key::to_hex),
     });
     store.save(&doc).await.unwrap();
     store
@@ -118,13 +119,6 @@ impl Fake {
         let script = Arc::new(script);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let negotiate = |_: &Request, mut resp: Response| {
-                    resp.headers_mut().insert(
-                        "sec-websocket-protocol",
-                        HeaderValue::from_static(SUBPROTOCOL),
-                    );
-                    Ok::<_, ErrorResponse>(resp)
-                };
                 let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, negotiate).await else {
                     continue;
                 };
@@ -147,6 +141,17 @@ impl Fake {
                 .expect("the fake server runs");
         }
     }
+}
+
+/// Accepts the upgrade with the agent-tunnel subprotocol, as a real server
+/// does (the error type is tungstenite's).
+#[allow(clippy::result_large_err)]
+fn negotiate(_: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    resp.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    Ok(resp)
 }
 
 async fn send_text(ws: &mut Ws, text: String) {
@@ -258,11 +263,7 @@ async fn a_forged_reject_of_any_final_looking_code_does_not_end_the_agent() {
             .await;
         })
         .await;
-        let store = store_with(&Identity {
-            name: Some("A0042".into()),
-            token: Some(Key::random()),
-        })
-        .await;
+        let store = store_with("A0042", Some(&Key::random())).await;
         let builder = agent(&fake.url()).store_arc(store.clone());
         let mut events = builder.events();
         let client = within(builder.start()).await.unwrap();
@@ -544,11 +545,7 @@ async fn every_agent_takes_a_fresh_name_after_the_server_restarts_on_an_empty_st
 async fn connect_with_a_stored_name_the_server_never_gave_renames_instead_of_failing() {
     let server = start_server().await;
     let old_token = Key::random();
-    let store = store_with(&Identity {
-        name: Some("A0007".into()),
-        token: Some(old_token.clone()),
-    })
-    .await;
+    let store = store_with("A0007", Some(&old_token)).await;
     let builder = agent(&url(&server)).store_arc(store.clone());
     let mut events = builder.events();
     let client = within(builder.connect())
@@ -572,11 +569,7 @@ async fn a_chosen_name_another_agent_holds_is_final() {
     let _holder = connect(&server, agent(&url(&server)).name("web-1")).await;
     // This agent holds a token the server does not know for the same name:
     // it drops the token, asks once more without it, and gives up.
-    let store = store_with(&Identity {
-        name: Some("web-1".into()),
-        token: Some(Key::random()),
-    })
-    .await;
+    let store = store_with("web-1", Some(&Key::random())).await;
     let builder = agent(&url(&server)).name("web-1").store_arc(store.clone());
     let mut events = builder.events();
     let _client = within(builder.start()).await.unwrap();

@@ -23,15 +23,20 @@ pub enum ClientEvent {
         /// The agent's name.
         name: String,
     },
-    /// The server no longer knew the agent's stored identity (it was
-    /// restarted with an empty store, say), so the agent dropped it and took
-    /// a new one: an assigned name, or its chosen name under a fresh token.
-    /// Sent once the new name is granted, before `Ready`; the new identity is
-    /// in the store by then (unless saving failed: see `Error(STORE)`).
+    /// The server refused the agent's stored identity with a trusted
+    /// `NAME_TAKEN` or `INVALID_NAME` (it was restarted with an empty store,
+    /// say), so the agent dropped it, also from its store, and took a new
+    /// one: an assigned name, or the name chosen with
+    /// [`ClientBuilder::name`](crate::ClientBuilder::name) asked for again
+    /// without the stale token. Sent once the new name is granted, before
+    /// `Ready`; the new identity is in the store by then (unless saving
+    /// failed: see `Error(STORE)`).
     ///
     /// `old` and `new` may be the same text: a server that lost its store
-    /// counts from the start again, and a chosen name comes back as itself.
-    /// Either way the server treats the agent as new (`first_time`).
+    /// counts from the start again. Either way the server treats the agent
+    /// as new (`Ready { first_time: true }`). A chosen name the server does
+    /// not know is granted again under a fresh token without a refusal, so
+    /// without `Renamed`.
     Renamed {
         /// The name the server no longer knew.
         old: String,

@@ -6,7 +6,9 @@
 //! its token) in a [`NameStore`]. It serves the server's calls with hooks and
 //! calls the server's hooks with [`AgentClient::send`]; when the link drops it
 //! reconnects with exponential backoff and full jitter and comes back under
-//! the same name.
+//! the same name (or takes a new one, [`ClientEvent::Renamed`], when the
+//! server lost its names). It gives up only on refusals it can trust: a
+//! `reject` the server proved, or anything received over `wss://`.
 //!
 //! # Layout
 //!

@@ -79,17 +79,24 @@ fn fresh_identity(f: &Failure, identity: &Identity, chosen: Option<&str>) -> Ver
         // recover (its counter is exhausted, say).
         return Verdict::Retry;
     };
+    // Only the name and its token are stale; anything else the identity
+    // carries stays.
+    let mut fresh = identity.clone();
+    fresh.token = None;
     match chosen {
         // The application insists on a name that is not free: asking again
         // changes nothing.
         Some(c) if old == c && identity.token.is_none() => Verdict::GiveUp(f.error.clone()),
         // Ask for the chosen name again, without the stale token.
-        Some(c) => Verdict::Rename(Identity {
-            name: Some(c.to_owned()),
-            token: None,
-        }),
+        Some(c) => {
+            fresh.name = Some(c.to_owned());
+            Verdict::Rename(fresh)
+        }
         // An assigned name the server does not know: ask for a new one.
-        None => Verdict::Rename(Identity::default()),
+        None => {
+            fresh.name = None;
+            Verdict::Rename(fresh)
+        }
     }
 }
 
@@ -110,11 +117,17 @@ mod tests {
         }
     }
 
+    /// Built field by field, so it stays valid when `Identity` grows.
+    #[allow(clippy::field_reassign_with_default)]
+    fn identity(name: Option<&str>, token: Option<Key>) -> Identity {
+        let mut id = Identity::default();
+        id.name = name.map(str::to_owned);
+        id.token = token;
+        id
+    }
+
     fn stored(name: &str) -> Identity {
-        Identity {
-            name: Some(name.into()),
-            token: Some(Key::random()),
-        }
+        identity(Some(name), Some(Key::random()))
     }
 
     impl PartialEq for Verdict {
@@ -205,10 +218,7 @@ mod tests {
                 Verdict::Rename(Identity::default())
             );
             // A stored name without a token: the same.
-            let bare = Identity {
-                name: Some("A0001".into()),
-                token: None,
-            };
+            let bare = identity(Some("A0001"), None);
             assert_eq!(
                 judge(&f, false, &bare, None),
                 Verdict::Rename(Identity::default())
@@ -216,16 +226,10 @@ mod tests {
             // Chosen name with a stale token: the name again, no token.
             assert_eq!(
                 judge(&f, false, &stored("web-1"), Some("web-1")),
-                Verdict::Rename(Identity {
-                    name: Some("web-1".into()),
-                    token: None
-                })
+                Verdict::Rename(identity(Some("web-1"), None))
             );
             // Chosen name without a token, still refused: final.
-            let insisted = Identity {
-                name: Some("web-1".into()),
-                token: None,
-            };
+            let insisted = identity(Some("web-1"), None);
             assert!(gives_up(&judge(&f, false, &insisted, Some("web-1"))));
             // Nothing asked for: nothing to drop.
             assert_eq!(judge(&f, false, &Identity::default(), None), Verdict::Retry);
