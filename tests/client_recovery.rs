@@ -731,3 +731,35 @@ async fn no_heartbeat_turns_the_servers_pings_off_and_backoff_reads_as_numbers()
     assert_eq!(errors, 3, "the first attempt and two retries");
     assert_eq!(why.code(), codes::TRANSPORT, "{why}");
 }
+
+/// What the server sends: a proof on every refusal after the agent's proof
+/// verified, none before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_proves_its_refusals_once_the_agents_proof_verified() {
+    use agent_tunnel::protocol::handshake::ClientHandshake;
+
+    let server = start_server().await;
+    let (_owner, name) = connect_plain(&server).await;
+    for (secret, ask, code, proven) in [
+        (SECRET, Some(name.as_str()), codes::NAME_TAKEN, true),
+        (SECRET, Some("A0999"), codes::INVALID_NAME, true),
+        ("not the secret", None, codes::WRONG_SECRET, false),
+    ] {
+        let mut ws = raw_connect(&server).await;
+        let ask_for = Identity {
+            name: ask.map(str::to_owned),
+            ..Identity::default()
+        };
+        let mut hs = ClientHandshake::new(ask_for, serde_json::Map::new());
+        let secret = Secret::from(secret);
+        let hello = within(transport::recv_frame(&mut ws)).await.unwrap();
+        let auth = hs.on_hello(&secret, hello).unwrap();
+        within(transport::send_frame(&mut ws, &auth)).await.unwrap();
+        let Frame::Reject(reject) = within(transport::recv_frame(&mut ws)).await.unwrap() else {
+            panic!("{code}: expected a reject")
+        };
+        assert_eq!(reject.code, code);
+        assert_eq!(reject.proof.is_some(), proven, "{code}: {reject:?}");
+        assert_eq!(hs.reject_is_proven(&secret, &reject), proven, "{code}");
+    }
+}

@@ -4,14 +4,17 @@
 //! server                                   agent
 //!   hello {v, nonce_s, sign}  ───────────►
 //!                             ◄─────────── auth {nonce_c, name?, claim?, meta, proof}
-//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message}
+//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message, proof?}
 //! ```
 //!
 //! The agent proves the shared secret with `proof`; the server proves it back
 //! in `welcome.proof`, so an agent never talks to a server that does not know
 //! the secret. A name, once given, is bound to a token that only the server
 //! can derive; reclaiming the name requires `claim`, a MAC under that token.
-//! The secret itself never crosses the wire.
+//! The secret itself never crosses the wire. A refusal made once the agent's
+//! proof verified carries the server's proof too
+//! ([`ServerHandshake::prove_refusal`], [`ClientHandshake::reject_is_proven`]),
+//! so an agent can tell a genuine final refusal from a forged one.
 //!
 //! Name policy (which name an agent gets) needs the server's store, so it is
 //! left to the server: [`ServerHandshake::verify_auth`] checks the proofs and
