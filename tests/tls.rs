@@ -171,3 +171,108 @@ async fn bad_tls_files_are_a_clear_config_error() {
         .unwrap_err();
     assert_eq!(err.code(), "CONFIG", "{err}");
 }
+
+// ------------------------------------------------------------------ issue 8
+
+/// Item 16: naming a CA trusts that CA alone (the web roots come back only
+/// on request; the unit tests in agent-client's tls.rs count the roots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_ca_alone_is_trusted_and_web_roots_come_back_only_on_request() {
+    let pki = pki("private CA");
+    let server = AgentServer::builder()
+        .secret(SECRET)
+        .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    // The private CA, from a file, alone: trusted.
+    let only = client(&url)
+        .tls_ca_pem_file(&ca_file)
+        .connect()
+        .await
+        .unwrap();
+    only.close().await;
+    // Beside the web roots: trusted too.
+    let both = client(&url)
+        .tls_ca_pem(pki.ca_pem.clone())
+        .tls_web_roots(true)
+        .connect()
+        .await
+        .unwrap();
+    both.close().await;
+    // Another private CA, even with the web roots: refused.
+    for web_roots in [false, true] {
+        let err = client(&url)
+            .tls_ca_pem(pki_other())
+            .tls_web_roots(web_roots)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "TRANSPORT", "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+    server.shutdown().await;
+}
+
+/// Item 13: over wss:// the channel authenticates the server, so its
+/// refusals are final at once: a wrong secret, and a revocation's close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_wss_a_wrong_secret_and_a_revocation_are_final_at_once() {
+    use agent_tunnel::client::ClientEvent;
+
+    let pki = pki("final CA");
+    let server = AgentServer::builder()
+        .secret(SECRET)
+        .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let fast = Backoff::default()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(50));
+
+    let wrong = AgentClient::builder(&url, "not the secret")
+        .tls_ca_pem(pki.ca_pem.clone())
+        .reconnect(fast.clone());
+    let mut events = wrong.events();
+    let _wrong = soon("start", wrong.start()).await.unwrap();
+    let mut attempts = 0;
+    let why = wait_for(&mut events, "GaveUp", |e| match e {
+        ClientEvent::Connected => {
+            attempts += 1;
+            None
+        }
+        ClientEvent::GaveUp(err) => Some(err.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(why.code(), "WRONG_SECRET", "{why}");
+    assert_eq!(attempts, 1, "given up after the first refusal");
+
+    let builder = client(&url).tls_ca_pem(pki.ca_pem.clone()).reconnect(fast);
+    let mut events = builder.events();
+    let agent = builder.connect().await.unwrap();
+    let name = agent.name().unwrap();
+    server.revoke(&name, "decommissioned").await.unwrap();
+    let mut after_close = Vec::new();
+    let mut closed = false;
+    let why = wait_for(&mut events, "GaveUp", |e| {
+        match e {
+            ClientEvent::Disconnected(r) if r.code == 4007 => closed = true,
+            ClientEvent::GaveUp(err) => return Some(err.clone()),
+            _ if closed => after_close.push(format!("{e:?}")),
+            _ => {}
+        }
+        None
+    })
+    .await;
+    assert_eq!(why.code(), "REVOKED", "{why}");
+    assert!(after_close.is_empty(), "no reconnect: {after_close:?}");
+    server.shutdown().await;
+}

@@ -162,6 +162,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns heartbeats off: the same as `ping_interval(None)`. Default: on,
+    /// every 5 s.
+    pub fn no_heartbeat(self) -> Self {
+        self.ping_interval(None)
+    }
+
     /// Ping intervals without a sign of life before a link is closed as
     /// dead. Default 2.
     pub fn missed_pongs(mut self, n: u32) -> Self {

@@ -282,16 +282,19 @@ where
         }
     };
     let verified = hs.verify_auth(&server.secret, auth)?;
+    // The agent proved the secret over its nonce: from here on every refusal
+    // carries the server's proof, so the agent can trust that it is final.
+    let proven = |r: Refusal| Failure::Refused(hs.prove_refusal(&server.secret, &verified, r));
     let grant = match server.names.grant(&hs, &verified, &server.registry).await {
         Ok(grant) => grant,
-        Err(GrantError::Refused(r)) => return Err(r.into()),
+        Err(GrantError::Refused(r)) => return Err(proven(r)),
         Err(GrantError::Held(old)) => {
             // The agent proved the name, but a registered link holds it. A
             // live holder keeps it; a silent one (half-open after a network
             // cut) is stale and gives way, so a reconnect is never refused
             // forever.
             if old.link().probe(server.probe_timeout).await {
-                return Err(Failure::Refused(Refusal::new(
+                return Err(proven(Refusal::new(
                     codes::DUPLICATE_ID,
                     format!("{} is connected already", old.name()),
                     close::DUPLICATE_ID,
@@ -305,9 +308,9 @@ where
             server.registry.remove(&old);
             match server.names.grant(&hs, &verified, &server.registry).await {
                 Ok(grant) => grant,
-                Err(GrantError::Refused(r)) => return Err(r.into()),
+                Err(GrantError::Refused(r)) => return Err(proven(r)),
                 Err(GrantError::Held(again)) => {
-                    return Err(Failure::Refused(Refusal::new(
+                    return Err(proven(Refusal::new(
                         codes::DUPLICATE_ID,
                         format!("{} is connected already", again.name()),
                         close::DUPLICATE_ID,

@@ -157,6 +157,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
         "reject" => Frame::Reject(Reject {
             code: need(f.code, "reject", "code")?,
             message: f.message.unwrap_or_default(),
+            proof: f.proof,
         }),
         "note" => Frame::Note(Note {
             action: need(f.action, "note", "action")?,
@@ -675,6 +676,12 @@ mod tests {
             Frame::Reject(Reject {
                 code: "WRONG_SECRET".into(),
                 message: "bad proof".into(),
+                proof: None,
+            }),
+            Frame::Reject(Reject {
+                code: "REVOKED".into(),
+                message: "revoked".into(),
+                proof: Some("04".repeat(32)),
             }),
         ];
         for f in frames {

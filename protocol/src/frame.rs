@@ -150,13 +150,18 @@ pub struct Limits {
     pub ping_interval_ms: u64,
 }
 
-/// `reject {code, message}`.
+/// `reject {code, message, proof?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
     /// Stable error code, e.g. `WRONG_SECRET`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// The server's proof of the refusal over both nonces and `code`, as
+    /// lowercase hex; present only when the agent's own proof verified (a
+    /// server cannot prove anything to an agent that lacks the secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// `req {id, action, body, timeout_ms}`.

@@ -4,14 +4,17 @@
 //! server                                   agent
 //!   hello {v, nonce_s, sign}  ───────────►
 //!                             ◄─────────── auth {nonce_c, name?, claim?, meta, proof}
-//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message}
+//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message, proof?}
 //! ```
 //!
 //! The agent proves the shared secret with `proof`; the server proves it back
 //! in `welcome.proof`, so an agent never talks to a server that does not know
 //! the secret. A name, once given, is bound to a token that only the server
 //! can derive; reclaiming the name requires `claim`, a MAC under that token.
-//! The secret itself never crosses the wire.
+//! The secret itself never crosses the wire. A refusal made once the agent's
+//! proof verified carries the server's proof too
+//! ([`ServerHandshake::prove_refusal`], [`ClientHandshake::reject_is_proven`]),
+//! so an agent can tell a genuine final refusal from a forged one.
 //!
 //! Name policy (which name an agent gets) needs the server's store, so it is
 //! left to the server: [`ServerHandshake::verify_auth`] checks the proofs and
@@ -35,7 +38,11 @@ pub struct Session {
 
 /// A failed handshake as the server answers it: a `reject` frame's code and
 /// text, and the close code that follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A refusal made after the agent's proof verified can carry the server's
+/// proof of it ([`ServerHandshake::prove_refusal`]), so the agent can tell a
+/// genuine final refusal from a forged one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable code for the `reject` frame.
     pub code: &'static str,
@@ -43,23 +50,42 @@ pub struct Refusal {
     pub message: String,
     /// WebSocket close code.
     pub close_code: u16,
+    proof: Option<[u8; LEN]>,
+}
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refusal")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("close_code", &self.close_code)
+            .field("proven", &self.proof.is_some())
+            .finish()
+    }
 }
 
 impl Refusal {
-    /// A refusal with its code, text and close code.
+    /// A refusal with its code, text and close code, not yet proven.
     pub fn new(code: &'static str, message: impl Into<String>, close_code: u16) -> Self {
         Refusal {
             code,
             message: message.into(),
             close_code,
+            proof: None,
         }
     }
 
-    /// The `reject` frame to send.
+    /// True when the refusal carries the server's proof.
+    pub fn is_proven(&self) -> bool {
+        self.proof.is_some()
+    }
+
+    /// The `reject` frame to send, with `proof` when the refusal is proven.
     pub fn frame(&self) -> Frame {
         Frame::Reject(Reject {
             code: self.code.to_owned(),
             message: self.message.clone(),
+            proof: self.proof.map(hex::encode),
         })
     }
 }
@@ -158,6 +184,34 @@ impl ServerHandshake {
         match &auth.claim {
             Some(claim) => crypto::claim_input(token, &self.nonce_s, &auth.nonce_c).verify(claim),
             None => false,
+        }
+    }
+
+    /// `refusal` with the server's proof of it (`reject.proof`, PROTOCOL.md
+    /// 6.6), for a refusal made after `auth`'s proof of the secret verified:
+    /// the agent then knows that the server, and not a forger, refused it.
+    ///
+    /// ```
+    /// use agent_protocol::handshake::{ClientHandshake, Identity, Refusal, ServerHandshake};
+    /// use agent_protocol::{close, codes, Frame, Secret};
+    ///
+    /// let secret = Secret::from("s3cret");
+    /// let server = ServerHandshake::new(false);
+    /// let mut agent = ClientHandshake::new(Identity::default(), Default::default());
+    /// let Frame::Auth(auth) = agent.on_hello(&secret, server.hello()).unwrap() else { panic!() };
+    /// let verified = server.verify_auth(&secret, auth).unwrap();
+    /// let refusal = Refusal::new(codes::REVOKED, "revoked", close::REVOKED);
+    /// let Frame::Reject(reject) = server.prove_refusal(&secret, &verified, refusal).frame() else {
+    ///     panic!()
+    /// };
+    /// assert!(agent.reject_is_proven(&secret, &reject));
+    /// ```
+    pub fn prove_refusal(&self, secret: &Secret, auth: &VerifiedAuth, refusal: Refusal) -> Refusal {
+        let proof =
+            crypto::reject_proof_input(secret, &self.nonce_s, &auth.nonce_c, refusal.code).finish();
+        Refusal {
+            proof: Some(proof),
+            ..refusal
         }
     }
 
@@ -285,8 +339,23 @@ impl ClientHandshake {
         }))
     }
 
+    /// True when `reject` carries a valid proof of the server (PROTOCOL.md
+    /// 6.6): then the refusal comes from a server that knows the secret, not
+    /// from a forger on the path. Compared in constant time; false before
+    /// `hello`, and for a missing or malformed proof.
+    pub fn reject_is_proven(&self, secret: &Secret, reject: &Reject) -> bool {
+        let (Some(nonce_s), Some(proof)) = (self.nonce_s, reject.proof.as_deref()) else {
+            return false;
+        };
+        let Some(proof) = crypto::decode_hex32(proof) else {
+            return false;
+        };
+        crypto::reject_proof_input(secret, &nonce_s, &self.nonce_c, &reject.code).verify(&proof)
+    }
+
     /// Reads the server's answer: `welcome` (checked against the server's
-    /// proof) or `reject`.
+    /// proof) or `reject` (whatever its proof: see
+    /// [`ClientHandshake::reject_is_proven`]).
     pub fn on_answer(&self, secret: &Secret, frame: Frame) -> Result<Established, Error> {
         let nonce_s = self
             .nonce_s
@@ -441,6 +510,42 @@ mod tests {
             },
         );
         assert!(!server.claim_proves(&no_claim.unwrap(), &token));
+    }
+
+    #[test]
+    fn a_proven_refusal_verifies_only_for_its_connection_and_code() {
+        let (verified, server, client) = run("s", "s", Identity::default());
+        let verified = verified.unwrap();
+        let secret = Secret::from("s");
+        let refusal = Refusal::new(codes::REVOKED, "revoked", close::REVOKED);
+        assert!(!refusal.is_proven());
+        let Frame::Reject(unproven) = refusal.frame() else {
+            panic!("not reject")
+        };
+        assert_eq!(unproven.proof, None);
+        assert!(!client.reject_is_proven(&secret, &unproven));
+
+        let proven = server.prove_refusal(&secret, &verified, refusal);
+        assert!(proven.is_proven());
+        assert!(!format!("{proven:?}").contains(&hex::encode(proven.proof.unwrap())));
+        let Frame::Reject(reject) = proven.frame() else {
+            panic!("not reject")
+        };
+        assert!(client.reject_is_proven(&secret, &reject));
+        // Another secret, another code, or another connection: no proof.
+        assert!(!client.reject_is_proven(&Secret::from("t"), &reject));
+        let relabelled = Reject {
+            code: codes::WRONG_SECRET.into(),
+            ..reject.clone()
+        };
+        assert!(!client.reject_is_proven(&secret, &relabelled));
+        let (_, _, other_client) = run("s", "s", Identity::default());
+        assert!(!other_client.reject_is_proven(&secret, &reject));
+        let garbled = Reject {
+            proof: Some("zz".into()),
+            ..reject
+        };
+        assert!(!client.reject_is_proven(&secret, &garbled));
     }
 
     #[test]

@@ -167,7 +167,13 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     limits,
                 })
             }),
-        (text(), text()).prop_map(|(code, message)| Frame::Reject(Reject { code, message })),
+        (text(), text(), prop::option::of(hex())).prop_map(|(code, message, proof)| {
+            Frame::Reject(Reject {
+                code,
+                message,
+                proof,
+            })
+        }),
         (any::<u64>(), text(), body(), prop::option::of(any::<u64>())).prop_map(
             |(id, action, body, timeout_ms)| Frame::Req(Req {
                 id,
