@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use agent_tunnel::protocol::crypto::Key;
 use agent_tunnel::protocol::frame::{Frame, Limits};
-use agent_tunnel::protocol::handshake::{ClientHandshake, Identity, ServerHandshake};
+use agent_tunnel::protocol::handshake::{ClientHandshake, Identity, Refusal, ServerHandshake};
 use agent_tunnel::protocol::{MemoryStore, NameStore, Secret};
 use agent_tunnel::server::AgentServer;
 use common::*;
@@ -74,6 +74,20 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
     };
     let server_proof = welcome_frame.proof.clone();
     let established = client.on_answer(&secret, welcome.clone()).expect("welcome");
+    let refusal = server.prove_refusal(
+        &secret,
+        &verified,
+        Refusal::new(
+            "NAME_TAKEN",
+            "taken",
+            agent_tunnel::protocol::close::NAME_REFUSED,
+        ),
+    );
+    let reject = refusal.frame();
+    let Frame::Reject(reject_frame) = reject.clone() else {
+        panic!("not reject")
+    };
+    let reject_proof = reject_frame.proof.clone().expect("a proven refusal");
 
     let secrets = vec![
         secret_text.to_owned(),
@@ -83,6 +97,7 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
         proof,
         claim,
         server_proof,
+        reject_proof,
     ];
     check("Secret", &secret, &secrets);
     check("Key (server key)", &server_key, &secrets);
@@ -92,6 +107,9 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
     check("VerifiedAuth", &verified, &secrets);
     check("Frame::Welcome", &welcome, &secrets);
     check("Welcome", &welcome_frame, &secrets);
+    check("Refusal", &refusal, &secrets);
+    check("Frame::Reject", &reject, &secrets);
+    check("Reject", &reject_frame, &secrets);
     check("Session", &session, &secrets);
     check("Established", &established, &secrets);
     check("Identity", &established.identity, &secrets);

@@ -127,6 +127,16 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+impl std::fmt::Debug for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reject")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("proof", &redacted(&self.proof))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for Welcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Welcome")
@@ -150,8 +160,8 @@ pub struct Limits {
     pub ping_interval_ms: u64,
 }
 
-/// `reject {code, message, proof?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `reject {code, message, proof?}`. `Debug` leaves out the proof.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
     /// Stable error code, e.g. `WRONG_SECRET`.
     pub code: String,
