@@ -370,6 +370,19 @@ impl WireRx {
         }
     }
 
+    /// Waits, without a bound of its own, until the server drops the
+    /// connection (end of stream or reset), discarding what it sends; for
+    /// connections the test expects to stay open a while (the caller bounds
+    /// the wait).
+    pub async fn closed(&mut self) {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = self.read.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Reads until the server drops the connection (end of stream or reset)
     /// and returns every byte received before that.
     pub async fn expect_dropped(&mut self) -> Vec<u8> {
