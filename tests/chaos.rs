@@ -821,12 +821,9 @@ async fn watch_server(
 ) {
     while let Some(e) = next_event(&mut events, &seen).await {
         let mut s = seen.lock().unwrap();
-        match e {
-            ServerEvent::AgentDisconnected(a, r) => {
-                s.close(&format!("server's link to {}: {r}", a.name()), r.code);
-                *s.server_disconnects.entry(r.code).or_default() += 1;
-            }
-            _ => {}
+        if let ServerEvent::AgentDisconnected(a, r) = e {
+            s.close(&format!("server's link to {}: {r}", a.name()), r.code);
+            *s.server_disconnects.entry(r.code).or_default() += 1;
         }
     }
 }

@@ -19,8 +19,6 @@
 //! happens before a deadline.
 
 mod common;
-// Shared with the hostile suite, which uses all of it; this one uses a part.
-#[allow(dead_code)]
 mod hostile_support;
 mod support;
 
