@@ -243,7 +243,11 @@ async fn serve_inner(
             return;
         }
     };
-    slot.upgraded();
+    if !slot.upgraded() {
+        // Evicted just as the upgrade finished: its slot is gone already.
+        failed(&server, peer_addr, codes::BUSY, None);
+        return;
+    }
     let tls = ws.get_ref().get_ref().is_tls();
 
     let authenticated = tokio::select! {

@@ -20,8 +20,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
+use agent_protocol::log_limit::LogLimit;
 use parking_lot::Mutex;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Evictions happen at a peer's will: their log line is rate-limited.
+static EVICTION_LOGS: LogLimit = LogLimit::per_second(5);
 
 /// Where connections are counted from: an IPv4 address, or an IPv6 /64.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -141,7 +145,10 @@ impl Handshakes {
                     token.cancel();
                     h.count -= 1;
                     st.taken -= 1;
-                    tracing::debug!(source = %victim, "evicted an idle handshake to make room");
+                    if let Some(suppressed) = EVICTION_LOGS.allow() {
+                        tracing::debug!(source = %victim, for_source = %source, suppressed,
+                            "evicted an idle handshake to make room");
+                    }
                 }
             }
             st.sources.retain(|_, h| h.count > 0);
@@ -181,12 +188,18 @@ impl HandshakeSlot {
     }
 
     /// The WebSocket upgrade is done: from now on the connection is never
-    /// evicted, only bounded by the handshake deadline.
-    pub(crate) fn upgraded(&self) {
+    /// evicted, only bounded by the handshake deadline. False when an
+    /// eviction came first (its slot is no longer counted): the connection
+    /// must end.
+    pub(crate) fn upgraded(&self) -> bool {
         let mut st = self.pool.state.lock();
+        if self.evicted.is_cancelled() {
+            return false;
+        }
         if let Some(h) = st.sources.get_mut(&self.source) {
             h.idle.remove(&self.id);
         }
+        true
     }
 }
 
@@ -281,8 +294,9 @@ mod tests {
         assert_eq!(pool.take(ip("10.0.0.1")).err(), Some(Full::Pool));
         // An upgraded connection is never evicted.
         for s in first[2..].iter().chain([&b, &b2]) {
-            s.upgraded();
+            assert!(s.upgraded());
         }
+        assert!(!first[0].upgraded(), "evicted before its upgrade finished");
         assert_eq!(pool.take(ip("10.0.0.3")).err(), Some(Full::Pool));
         // Dropping evicted slots frees nothing twice.
         drop(first);
