@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// What the server learned about an agent at its handshake.
 pub(crate) struct AgentInfo {
@@ -20,6 +21,8 @@ pub(crate) struct AgentInfo {
     pub(crate) first_time: bool,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) tls: bool,
+    /// The client's certificate chain, when mutual TLS verified one.
+    pub(crate) peer_certificates: Option<Vec<CertificateDer<'static>>>,
     pub(crate) meta: Map<String, Value>,
     pub(crate) default_timeout: Duration,
 }
@@ -88,6 +91,28 @@ impl Agent {
     /// True when the agent connected over TLS.
     pub fn is_tls(&self) -> bool {
         self.0.info.tls
+    }
+
+    /// The certificate chain the agent presented, end-entity certificate
+    /// first, as DER, when the server requires client certificates
+    /// ([`ServerBuilder::tls_client_ca_pem`](crate::ServerBuilder::tls_client_ca_pem))
+    /// and verified it against those CAs; `None` over plain `ws://` and
+    /// without mutual TLS.
+    ///
+    /// The chain is handed over as it was verified, not parsed: to bind
+    /// names to certificates, compare it (or a digest of it) with what you
+    /// expect, or parse it with an X.509 crate of your choice.
+    ///
+    /// ```no_run
+    /// # fn demo(agent: agent_server::Agent, expected_der: &[u8]) {
+    /// let presented = agent.peer_certificates().and_then(|chain| chain.first());
+    /// if presented.map(|cert| cert.as_ref()) != Some(expected_der) {
+    ///     agent.disconnect("certificate does not match this name");
+    /// }
+    /// # }
+    /// ```
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.0.info.peer_certificates.as_deref()
     }
 
     /// The metadata the agent sent at connect.

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::close;
+use agent_protocol::log_limit::LogLimit;
 use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret};
 use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::net::IpAddr;
 use tokio::net::TcpListener;
 
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -23,36 +22,44 @@ use tracing::Instrument;
 use crate::agent::Agent;
 use crate::config::ServerBuilder;
 use crate::connection;
-use crate::events::ServerEvent;
+use crate::events::{HandshakeFailure, ServerEvent};
+use crate::handshakes::Handshakes;
 use crate::names::NameBook;
 use crate::registry::{Lookup, Registry};
 
 /// Capacity of the event channel.
 const EVENT_CAPACITY: usize = 4096;
+/// Capacity of the handshake failure channel.
+const FAILURE_CAPACITY: usize = 1024;
 
 pub(crate) struct Inner {
     pub(crate) secret: Secret,
     pub(crate) sign_frames: bool,
     pub(crate) handshake_timeout: Duration,
+    /// Deadline from accept to the end of the WebSocket upgrade (and TLS).
+    pub(crate) upgrade_timeout: Duration,
+    /// Largest first message (`auth`) a connection may send.
+    pub(crate) max_handshake_message_bytes: usize,
     pub(crate) default_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) link: LinkConfig,
     pub(crate) names: NameBook,
     pub(crate) registry: Registry,
     pub(crate) hooks: Hooks<Agent>,
+    /// Lifecycle events only: unauthenticated peers cannot crowd them out.
     events: broadcast::Sender<ServerEvent>,
+    /// Failed handshakes, apart from `events`.
+    failures: broadcast::Sender<HandshakeFailure>,
+    /// Failed handshakes by code, for readers without a receiver.
+    failure_counts: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
     /// Cancelled when the server stops accepting.
     pub(crate) stop: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
     pub(crate) probe_timeout: Duration,
-    /// Permits for connections in their handshake.
-    handshakes: Arc<Semaphore>,
-    max_handshakes: usize,
-    /// Connections in their handshake, by source address.
-    handshakes_by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
-    max_handshakes_per_ip: usize,
+    /// Slots of the connections not authenticated yet.
+    handshakes: Arc<Handshakes>,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -61,6 +68,12 @@ impl Inner {
     pub(crate) fn emit(&self, event: ServerEvent) {
         // No receiver is fine: events are optional.
         let _ = self.events.send(event);
+    }
+
+    /// Counts and broadcasts a failed handshake.
+    pub(crate) fn handshake_failed(&self, peer_addr: SocketAddr, code: &'static str) {
+        *self.failure_counts.lock().entry(code).or_default() += 1;
+        let _ = self.failures.send(HandshakeFailure { peer_addr, code });
     }
 }
 
@@ -85,7 +98,9 @@ pub struct ServerStats {
     pub agents: usize,
     /// Names reserved by handshakes that have not finished.
     pub reserved_names: usize,
-    /// Connections in their handshake.
+    /// Connections not authenticated yet, including those still telling
+    /// the peer why their handshake failed (bounded by
+    /// `max_pending_handshakes`).
     pub handshakes: usize,
     /// Connection tasks alive, in any state (including ones still closing).
     pub connections: usize,
@@ -211,6 +226,11 @@ impl AgentServer {
             secret,
             sign_frames: b.sign_frames,
             handshake_timeout: b.handshake_timeout,
+            upgrade_timeout: b.upgrade_timeout,
+            // Never above the link's own limit, which applies from the start.
+            max_handshake_message_bytes: b
+                .max_handshake_message_bytes
+                .min(b.link.max_message_bytes),
             default_timeout: b.default_timeout,
             shutdown_grace: b.shutdown_grace,
             link: b.link,
@@ -218,14 +238,13 @@ impl AgentServer {
             registry: Registry::default(),
             hooks: Hooks::new(),
             events: broadcast::channel(EVENT_CAPACITY).0,
+            failures: broadcast::channel(FAILURE_CAPACITY).0,
+            failure_counts: parking_lot::Mutex::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             local_addr,
             probe_timeout: b.probe_timeout,
-            handshakes: Arc::new(Semaphore::new(b.max_handshakes.max(1))),
-            max_handshakes: b.max_handshakes.max(1),
-            handshakes_by_ip: Arc::default(),
-            max_handshakes_per_ip: b.max_handshakes_per_ip.max(1),
+            handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
         });
         let span = tracing::info_span!("agent_server", addr = %local_addr);
@@ -275,9 +294,46 @@ impl AgentServer {
         self
     }
 
-    /// Subscribes to [`ServerEvent`]s from now on.
+    /// Subscribes to [`ServerEvent`]s from now on: agents connecting and
+    /// disconnecting. Failed handshakes go to
+    /// [`AgentServer::handshake_failures`] instead, so no number of them can
+    /// push a lifecycle event out of a slow receiver's queue.
     pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Subscribes to failed handshakes from now on, one
+    /// [`HandshakeFailure`] per connection that never became an agent
+    /// (those dropped at accept are not reported). Any peer can cause these
+    /// at will, so a receiver that falls 1024 behind skips the oldest; the
+    /// totals in [`AgentServer::handshake_failure_counts`] miss none.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) {
+    /// let mut failures = server.handshake_failures();
+    /// while let Ok(f) = failures.recv().await {
+    ///     if f.code == agent_server::codes::WRONG_SECRET {
+    ///         eprintln!("{} does not know the secret", f.peer_addr);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn handshake_failures(&self) -> broadcast::Receiver<HandshakeFailure> {
+        self.inner.failures.subscribe()
+    }
+
+    /// How many handshakes failed since the server started, by code (the
+    /// codes of [`HandshakeFailure::code`]).
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) {
+    /// let counts = server.handshake_failure_counts();
+    /// let wrong = counts.get(agent_server::codes::WRONG_SECRET).copied().unwrap_or(0);
+    /// println!("{wrong} connections with a wrong secret");
+    /// # }
+    /// ```
+    pub fn handshake_failure_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.inner.failure_counts.lock().clone()
     }
 
     /// The connected agents, sorted by name.
@@ -460,9 +516,7 @@ impl AgentServer {
         ServerStats {
             agents: live.len(),
             reserved_names: inner.registry.reserved_count(),
-            handshakes: inner
-                .max_handshakes
-                .saturating_sub(inner.handshakes.available_permits()),
+            handshakes: inner.handshakes.taken(),
             // One tracked task is the accept loop while it runs.
             connections: inner
                 .tasks
@@ -480,42 +534,8 @@ impl AgentServer {
     }
 }
 
-/// One connection's place among those in their handshake, counted globally
-/// and per source address; dropping it frees both.
-pub(crate) struct HandshakeSlot {
-    _permit: OwnedSemaphorePermit,
-    by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl HandshakeSlot {
-    fn take(inner: &Inner, ip: IpAddr) -> Option<Self> {
-        let permit = Arc::clone(&inner.handshakes).try_acquire_owned().ok()?;
-        let mut by_ip = inner.handshakes_by_ip.lock();
-        let count = by_ip.entry(ip).or_insert(0);
-        if *count >= inner.max_handshakes_per_ip {
-            return None;
-        }
-        *count += 1;
-        Some(HandshakeSlot {
-            _permit: permit,
-            by_ip: Arc::clone(&inner.handshakes_by_ip),
-            ip,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut by_ip = self.by_ip.lock();
-        if let Some(count) = by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
-    }
-}
+/// The accept-time drop line: any peer can trigger it, once per connection.
+static ACCEPT_DROPS: LogLimit = LogLimit::per_second(5);
 
 async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     loop {
@@ -534,9 +554,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                         continue;
                     }
                 };
-                let Some(slot) = HandshakeSlot::take(&inner, peer_addr.ip()) else {
-                    tracing::warn!(peer = %peer_addr, "too many pending handshakes; connection dropped");
-                    continue;
+                let slot = match inner.handshakes.take(peer_addr.ip()) {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        if let Some(suppressed) = ACCEPT_DROPS.allow() {
+                            tracing::warn!(peer = %peer_addr, suppressed, "{full}; connection dropped");
+                        }
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let inner2 = Arc::clone(&inner);
