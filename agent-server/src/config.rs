@@ -362,6 +362,17 @@ impl ServerBuilder {
                 "max_handshake_message_bytes must be at least 1024".into(),
             ));
         }
+        // A zero deadline fails every handshake or call at once: never what
+        // was meant.
+        for (what, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("upgrade_timeout", self.upgrade_timeout),
+            ("default_timeout", self.default_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{what} must be more than zero")));
+            }
+        }
         self.link.validate()
     }
 }
