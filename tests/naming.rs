@@ -198,6 +198,7 @@ async fn a_raw_duplicate_is_closed_with_4003() {
         Identity {
             name: Some(name),
             token: Some(token),
+            bind: None,
         },
     )
     .await
@@ -252,6 +253,7 @@ async fn a_forged_claim_is_refused_with_4004() {
         Identity {
             name: Some(name),
             token: Some(Key::random()),
+            bind: None,
         },
     )
     .await

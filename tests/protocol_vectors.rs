@@ -759,6 +759,7 @@ fn reclaim_matches_the_library() {
     let identity = Identity {
         name: Some(name.to_owned()),
         token: Some(token.clone()),
+        bind: None,
     };
     let mut client = ClientHandshake::with_nonce(nc, identity, v.meta());
     let auth = client

@@ -38,6 +38,7 @@ pub(crate) async fn load(store: &dyn NameStore) -> Result<Identity, Error> {
     Ok(Identity {
         name: doc.name,
         token,
+        bind: None,
     })
 }
 

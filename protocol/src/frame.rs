@@ -74,7 +74,7 @@ pub struct Hello {
     pub sign: bool,
 }
 
-/// `auth {nonce, name?, claim?, meta, proof}`.
+/// `auth {nonce, name?, claim?, bind?, meta, proof}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
     /// The agent's nonce, 32 random bytes as lowercase hex.
@@ -85,6 +85,11 @@ pub struct Auth {
     /// Proof that the agent holds the name's token, as lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// 32 random bytes as lowercase hex, picked by an agent that holds no
+    /// token yet and repeated on its retries, so that the server can give a
+    /// first-time grant whose `welcome` was lost again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
     /// Free-form metadata the server keeps on the agent's handle.
     #[serde(default)]
     pub meta: Map<String, Value>,
