@@ -13,6 +13,7 @@
 //! * `server`: the accept loop, calls, events and shutdown.
 //! * `connection`: one connection from upgrade to close, in its own task.
 //! * `names`: which names were given, persisted in a [`NameStore`].
+//! * `binds`: how a retried first-time grant is recognised.
 //! * `registry`: the connected agents by name.
 //! * [`Agent`]: the handle on one connected agent.
 //!
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod binds;
 pub mod config;
 mod connection;
 mod events;
