@@ -275,3 +275,23 @@ async fn a_name_whose_save_failed_is_given_on_the_retry() {
     assert_eq!(doc["next"], 3, "{doc}");
     assert_eq!(doc["chosen"], serde_json::json!(["keeper"]), "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_cannot_be_saved_changes_nothing() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let (client, name) = connect_plain(&server).await;
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect_err("an unsaved revocation must not take effect");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    assert!(!server.is_revoked(&name));
+    assert!(server.agent(&name).is_some_and(|a| a.is_connected()));
+    assert!(client.is_ready());
+    store.fail_saves.store(false, Ordering::SeqCst);
+    within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect("revoked");
+    assert!(server.is_revoked(&name));
+}

@@ -62,8 +62,9 @@ impl State {
 pub(crate) enum GrantError {
     /// Refused outright.
     Refused(Refusal),
-    /// The agent proved the name, but a registered link holds it: the caller
-    /// decides whether that link is alive (`DUPLICATE_ID`) or stale.
+    /// The agent proved the name (its claim, or the bind of the name's
+    /// first-time grant), but a registered link holds it: the caller decides
+    /// whether that link is alive (`DUPLICATE_ID`) or stale.
     Held(crate::agent::Agent),
 }
 
