@@ -324,6 +324,7 @@ async fn attack_wrong_secret(h: &Harness) {
         let identity = Identity {
             name: name.clone(),
             token: None,
+            bind: None,
         };
         let err = raw_handshake(&mut ws, "not-the-secret", identity)
             .await
@@ -418,6 +419,7 @@ async fn attack_name_takeover(h: &Harness) {
             let identity = Identity {
                 name: Some(target.clone()),
                 token,
+                bind: None,
             };
             let r = refused_auth(h, identity, |_| {}).await;
             assert_refused(
@@ -431,6 +433,7 @@ async fn attack_name_takeover(h: &Harness) {
         let identity = Identity {
             name: Some(target.clone()),
             token: None,
+            bind: None,
         };
         let r = refused_auth(h, identity, |a| a.claim = Some("zz".repeat(32))).await;
         assert_refused(

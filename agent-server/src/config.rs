@@ -135,9 +135,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Where the server keeps its name counter and key. Default: a
-    /// [`MemoryStore`], which forgets on restart; use a
-    /// [`FileStore`](agent_protocol::FileStore) to keep names across restarts.
+    /// Where the server keeps its name counter, its key (from which every
+    /// name token derives), the chosen names and the revocations. Every new
+    /// name is saved here before its `welcome` goes out.
+    ///
+    /// Default: a [`MemoryStore`], which forgets all of it on restart: the
+    /// restarted server has a new key and counts from 1 again, so every
+    /// agent's stored name and token becomes unknown to it (an assigned name
+    /// is refused with `INVALID_NAME` and its agent must take a new one; a
+    /// chosen name is given again as new), and revoked names are welcome
+    /// again. With a [`FileStore`](agent_protocol::FileStore), or a store of
+    /// your own that persists, names, tokens and revocations survive
+    /// restarts and no name is given twice.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_server::Error> {
+    /// use agent_server::{AgentServer, FileStore};
+    ///
+    /// let server = AgentServer::builder()
+    ///     .secret("s3cret")
+    ///     .store(FileStore::new("/var/lib/control-plane/names.json"))
+    ///     .start("0.0.0.0:7800")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn store(mut self, store: impl NameStore) -> Self {
         self.store = Arc::new(store);
         self

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agent_protocol::frame::{Frame, Limits};
-use agent_protocol::handshake::{Refusal, ServerHandshake, Session};
+use agent_protocol::handshake::{Refusal, ServerHandshake, Session, VerifiedAuth};
 use agent_protocol::link::{self, Role};
 use agent_protocol::log_limit::{clip, LogLimit};
 use agent_protocol::time;
@@ -20,6 +20,7 @@ use agent_protocol::transport::{self, MaybeTls, RecvError};
 use agent_protocol::{close, codes, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -27,10 +28,10 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::agent::{Agent, AgentInfo};
-use crate::events::ServerEvent;
 use crate::first_message::FirstMessageLimit;
 use crate::handshakes::HandshakeSlot;
 use crate::names::{Grant, GrantError};
+use crate::registry::Refused;
 use crate::server::Inner;
 
 /// Accepts the upgrade only for clients that offer the agent-tunnel subprotocol.
@@ -290,24 +291,12 @@ async fn serve_inner(
     };
     // Registered (or closed) from here on: no longer a handshake.
     drop(slot);
-    // Past this point the name is reserved for us: every path releases it
-    // or turns it into a live entry.
-    tracing::Span::current().record("name", grant.name.as_str());
-
-    if server.stop.is_cancelled() {
-        server.registry.release(&grant.name);
-        transport::close(
-            &mut ws,
-            close::GOING_AWAY,
-            "server shutting down",
-            server.link.close_timeout,
-        )
-        .await;
-        return;
-    }
+    // Past this point the name is reserved for us: the grant frees it when
+    // dropped, unless the registry takes it over.
+    tracing::Span::current().record("name", grant.name());
 
     let info = AgentInfo {
-        name: grant.name.clone(),
+        name: grant.name().to_owned(),
         first_time: grant.first_time,
         peer_addr,
         tls,
@@ -315,23 +304,60 @@ async fn serve_inner(
         meta,
         default_timeout: server.default_timeout,
     };
-    let (link, agent) = link::spawn(
+    let first_time = grant.first_time;
+    let registry = Arc::downgrade(&server.registry);
+    // Admitted under the registry's lock, which shutdown and revocation
+    // take too: an agent registered here is one they see. Registered before
+    // the link's tasks start, so the agent is known here before the welcome
+    // tells it that it is ready.
+    let admitted = server.registry.admit(
+        grant.reservation,
+        |name| server.names.is_revoked(name),
         ws,
-        Role::Server,
-        server.link.clone(),
-        Some(&session),
-        server.hooks.clone(),
-        Some(&welcome),
-        |link| {
-            // Registered before the link's tasks start, so the agent is
-            // known here before the welcome tells it that it is ready.
-            let agent = Agent::new(info, link);
-            server.registry.activate(agent.clone());
+        |ws| {
+            let (_link, agent) = link::spawn(
+                ws,
+                Role::Server,
+                server.link.clone(),
+                Some(&session),
+                server.hooks.clone(),
+                Some(&welcome),
+                |link| Agent::new(info, link, registry),
+            );
             agent
         },
     );
-    tracing::info!(first_time = grant.first_time, "agent connected");
-    server.emit(ServerEvent::AgentConnected(agent.clone()));
+    let agent = match admitted {
+        Ok(agent) => agent,
+        Err((Refused::Shutdown, mut ws)) => {
+            transport::close(
+                &mut ws,
+                close::GOING_AWAY,
+                "server shutting down",
+                server.link.close_timeout,
+            )
+            .await;
+            return;
+        }
+        Err((Refused::Revoked, mut ws)) => {
+            let refusal = Refusal::new(
+                codes::REVOKED,
+                "the name was revoked during the handshake",
+                close::REVOKED,
+            );
+            let _ = transport::send_frame(&mut ws, &refusal.frame()).await;
+            transport::close(
+                &mut ws,
+                refusal.close_code,
+                &refusal.message,
+                server.link.close_timeout,
+            )
+            .await;
+            failed(&server, peer_addr, codes::REVOKED, None);
+            return;
+        }
+    };
+    tracing::info!(first_time, "agent connected");
 
     // This task's future is as large as its largest state (the TLS and
     // WebSocket handshakes); a small task of its own waits out the link, so
@@ -339,10 +365,13 @@ async fn serve_inner(
     let watcher = Arc::clone(&server);
     server.tasks.spawn(
         async move {
+            let link = agent.link().clone();
             let reason = link.closed().await;
-            watcher.registry.remove(&agent);
+            // Unless a replacement or a disconnect removed it (and reported
+            // it) already.
+            watcher.registry.remove(&agent, reason.clone());
             tracing::info!(%reason, "agent disconnected");
-            watcher.emit(ServerEvent::AgentDisconnected(agent, reason));
+            drop(agent);
             link.stopped().await;
         }
         .instrument(tracing::Span::current()),
@@ -351,7 +380,7 @@ async fn serve_inner(
 
 async fn authenticate<S>(
     ws: &mut WebSocketStream<S>,
-    server: &Inner,
+    server: &Arc<Inner>,
 ) -> Result<
     (
         Grant,
@@ -385,7 +414,7 @@ where
     // The agent proved the secret over its nonce: from here on every refusal
     // carries the server's proof, so the agent can trust that it is final.
     let proven = |r: Refusal| Failure::Refused(hs.prove_refusal(&server.secret, &verified, r));
-    let grant = match server.names.grant(&hs, &verified, &server.registry).await {
+    let grant = match grant_detached(server, &hs, &verified).await {
         Ok(grant) => grant,
         Err(GrantError::Refused(r)) => return Err(proven(r)),
         Err(GrantError::Held(old)) => {
@@ -401,12 +430,13 @@ where
                 )));
             }
             tracing::info!("replacing a stale link of the same name");
-            old.link().close(
+            // Removes and reports the old link now, so its AgentDisconnected
+            // comes before this connection's AgentConnected.
+            old.end(
                 close::HEARTBEAT_TIMEOUT,
                 "stale: replaced by a new connection",
             );
-            server.registry.remove(&old);
-            match server.names.grant(&hs, &verified, &server.registry).await {
+            match grant_detached(server, &hs, &verified).await {
                 Ok(grant) => grant,
                 Err(GrantError::Refused(r)) => return Err(proven(r)),
                 Err(GrantError::Held(again)) => {
@@ -419,11 +449,6 @@ where
             }
         }
     };
-    // Should the deadline cancel us before `welcome` is out, free the name.
-    let reservation = Reservation {
-        server,
-        name: Some(grant.name.clone()),
-    };
     let limits = Limits {
         max_message_bytes: server.link.max_message_bytes as u64,
         max_in_flight: u32::try_from(server.link.max_in_flight).unwrap_or(u32::MAX),
@@ -435,33 +460,45 @@ where
     let (welcome, session) = hs.welcome(
         &server.secret,
         &verified,
-        &grant.name,
+        grant.name(),
         grant.first_time,
         grant.token.as_ref(),
         limits,
     );
-    // The welcome goes out as the link's first frame, once the agent is
-    // registered.
-    reservation.keep();
+    // Should the deadline cancel us from here on, dropping the grant frees
+    // the name; the welcome goes out as the link's first frame, once the
+    // agent is registered.
     Ok((grant, welcome, session, verified.meta))
 }
 
-/// Releases a reserved name unless kept.
-struct Reservation<'a> {
-    server: &'a Inner,
-    name: Option<String>,
-}
-
-impl Reservation<'_> {
-    fn keep(mut self) {
-        self.name = None;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if let Some(name) = self.name.take() {
-            self.server.registry.release(&name);
+/// Runs the grant on a task of its own, so the handshake deadline never
+/// cuts it off half-way: a save in progress either completes or is undone,
+/// as a whole. When this future is dropped first, the grant sees it: it does
+/// not start, or frees its reservation once done.
+async fn grant_detached(
+    server: &Arc<Inner>,
+    hs: &ServerHandshake,
+    auth: &VerifiedAuth,
+) -> Result<Grant, GrantError> {
+    let (tx, rx) = oneshot::channel();
+    let (task_server, hs, auth) = (Arc::clone(server), hs.clone(), auth.clone());
+    server.tasks.spawn(
+        async move {
+            let s = &task_server;
+            let result = s
+                .names
+                .grant(&hs, &auth, &s.registry, || !tx.is_closed())
+                .await;
+            // Undelivered, the grant is dropped, and so is its reservation.
+            let _ = tx.send(result);
         }
-    }
+        .instrument(tracing::Span::current()),
+    );
+    rx.await.unwrap_or_else(|_| {
+        Err(GrantError::Refused(Refusal::new(
+            codes::INTERNAL_ERROR,
+            "the name decision failed",
+            close::INTERNAL_ERROR,
+        )))
+    })
 }

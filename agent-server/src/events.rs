@@ -14,12 +14,20 @@ use crate::agent::Agent;
 /// more than the channel's capacity (4096) behind skips the oldest events.
 /// Connections that fail their handshake are reported apart, as
 /// [`HandshakeFailure`]s.
+///
+/// Each connection is reported once connected and once disconnected, in the
+/// order the server's list of agents changed: when a reconnect replaces an
+/// agent's stale link, the old connection's `AgentDisconnected` comes before
+/// the new one's `AgentConnected`. [`Agent::connection_id`] tells two
+/// connections of one name apart.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ServerEvent {
     /// An agent finished its handshake and is live.
     AgentConnected(Agent),
-    /// An agent's link ended, and why.
+    /// An agent's connection ended, or was taken out of the server's list
+    /// (disconnected, revoked, or replaced by the agent's reconnect), and
+    /// why.
     AgentDisconnected(Agent, CloseReason),
 }
 

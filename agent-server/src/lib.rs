@@ -16,6 +16,7 @@
 //!   source and in all, with fair eviction.
 //! * `first_message`: the handshake's small message limit.
 //! * `names`: which names were given, persisted in a [`NameStore`].
+//! * `binds`: how a retried first-time grant is recognised.
 //! * `registry`: the connected agents by name.
 //! * [`Agent`]: the handle on one connected agent.
 //!
@@ -50,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod binds;
 pub mod config;
 mod connection;
 mod events;

@@ -44,7 +44,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown_grace: Duration,
     pub(crate) link: LinkConfig,
     pub(crate) names: NameBook,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) hooks: Hooks<Agent>,
     /// Lifecycle events only: unauthenticated peers cannot crowd them out.
     events: broadcast::Sender<ServerEvent>,
@@ -65,11 +65,6 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn emit(&self, event: ServerEvent) {
-        // No receiver is fine: events are optional.
-        let _ = self.events.send(event);
-    }
-
     /// Counts and broadcasts a failed handshake.
     pub(crate) fn handshake_failed(&self, peer_addr: SocketAddr, code: &'static str) {
         *self.failure_counts.lock().entry(code).or_default() += 1;
@@ -78,15 +73,15 @@ impl Inner {
 }
 
 /// Stops the server when the last [`AgentServer`] handle is dropped: no more
-/// accepts, and every link closes with 1001 at once.
+/// accepts or registrations, and every link closes with 1001 at once.
 struct StopOnDrop(Arc<Inner>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.stop.cancel();
-        for agent in self.0.registry.live() {
-            agent.link().close(close::GOING_AWAY, "server dropped");
-        }
+        self.0
+            .registry
+            .close(|agent| agent.link().close(close::GOING_AWAY, "server dropped"));
     }
 }
 
@@ -222,6 +217,7 @@ impl AgentServer {
         let tls = b.tls.server_config()?.map(tokio_rustls::TlsAcceptor::from);
         let names = NameBook::load(format, b.store).await?;
         let local_addr = listener.local_addr()?;
+        let events = broadcast::channel(EVENT_CAPACITY).0;
         let inner = Arc::new(Inner {
             secret,
             sign_frames: b.sign_frames,
@@ -235,9 +231,9 @@ impl AgentServer {
             shutdown_grace: b.shutdown_grace,
             link: b.link,
             names,
-            registry: Registry::default(),
+            registry: Registry::new(events.clone()),
             hooks: Hooks::new(),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
             failures: broadcast::channel(FAILURE_CAPACITY).0,
             failure_counts: parking_lot::Mutex::default(),
             stop: CancellationToken::new(),
@@ -349,10 +345,16 @@ impl AgentServer {
         }
     }
 
+    /// The connected agent of `name`, or why there is none.
     fn resolve(&self, name: &str) -> Result<Agent, Error> {
+        if self.inner.names.is_revoked(name) {
+            return Err(Error::Revoked(name.to_owned()));
+        }
         match self.inner.registry.get(name) {
-            Lookup::Live(a) => Ok(a),
-            Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
+            Lookup::Live(a) if a.is_connected() => Ok(a),
+            // A link that just ended is offline, though its entry may still
+            // wait for its connection task to remove it.
+            Lookup::Live(_) | Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
             Lookup::Absent if self.inner.names.is_known(name) => {
                 Err(Error::AgentNotConnected(name.to_owned()))
             }
@@ -362,9 +364,10 @@ impl AgentServer {
 
     /// Calls hook `action` on one agent with the default timeout.
     ///
-    /// Fails with `UNKNOWN_AGENT` for a name never given,
-    /// `AGENT_NOT_CONNECTED` for a known name that is offline, `TIMEOUT`, or
-    /// the agent's own error.
+    /// Fails with `UNKNOWN_AGENT` for a name never given, `REVOKED` for a
+    /// revoked name, `AGENT_NOT_CONNECTED` for a known name that is offline,
+    /// `SHUTDOWN` once shutdown has begun, `TIMEOUT`, `CONNECTION_CLOSED`
+    /// when the link drops during the call, or the agent's own error.
     pub async fn send_to<B, R>(
         &self,
         target: impl Into<Target>,
@@ -391,6 +394,9 @@ impl AgentServer {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let target = target.into();
         let agent = self.resolve(target.name())?;
         agent.send_timeout(action, body, timeout).await
@@ -400,8 +406,8 @@ impl AgentServer {
     /// timeout, and returns each agent's own result by name.
     ///
     /// One agent's failure never fails the others. Fails as a whole only with
-    /// `NO_CONNECTED_AGENTS`, or `INVALID_MESSAGE` when `body` does not
-    /// serialize.
+    /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
+    /// `INVALID_MESSAGE` when `body` does not serialize.
     pub async fn send_all<B, R>(
         &self,
         action: &str,
@@ -426,6 +432,9 @@ impl AgentServer {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let agents = self.inner.registry.live();
         if agents.is_empty() {
             return Err(Error::NoConnectedAgents);
@@ -448,19 +457,41 @@ impl AgentServer {
         Ok(join_all(calls).await.into_iter().collect())
     }
 
-    /// Closes the link of the agent `name` with close code 4006 and `reason`.
-    pub fn disconnect(&self, name: &str, reason: &str) -> Result<(), Error> {
-        self.resolve(name)?.disconnect(reason);
+    /// Disconnects the agent `target` names (for an [`Agent`] handle, the
+    /// current connection of its name) with close code 4006 and `reason`,
+    /// as [`Agent::disconnect`] does: returns at once, with the agent no
+    /// longer listed, its calls in flight failed and its `AgentDisconnected`
+    /// event out; the close frame follows in the background. The agent may
+    /// reconnect; [`AgentServer::revoke`] keeps it out.
+    ///
+    /// Fails, doing nothing, with `UNKNOWN_AGENT`, `REVOKED` or
+    /// `AGENT_NOT_CONNECTED`, as [`AgentServer::send_to`] would.
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// server.disconnect("A0001", "maintenance window")?;
+    /// assert!(server.agent("A0001").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn disconnect(&self, target: impl Into<Target>, reason: &str) -> Result<(), Error> {
+        let target = target.into();
+        self.resolve(target.name())?.disconnect(reason);
         Ok(())
     }
 
     /// Revokes `name`: it is refused at every later handshake with `REVOKED`
     /// (close code 4007), and a live agent of that name is disconnected with
-    /// that code now. Persisted in the name store.
+    /// that code now; calls to it fail with `REVOKED`. Persisted in the name
+    /// store before it takes effect; when saving fails, nothing changes and
+    /// the store's error is returned. A handshake of the name that is
+    /// finishing meanwhile is refused too, never registered.
     pub async fn revoke(&self, name: &str, reason: &str) -> Result<(), Error> {
         self.inner.names.set_revoked(name, true).await?;
+        // A handshake past its name check is admitted only after checking
+        // the revocation again, under the registry's lock: it is either
+        // refused there or found live here.
         if let Lookup::Live(agent) = self.inner.registry.get(name) {
-            agent.link().close(close::REVOKED, reason);
+            agent.end(close::REVOKED, reason);
         }
         Ok(())
     }
@@ -475,16 +506,26 @@ impl AgentServer {
         self.inner.names.is_revoked(name)
     }
 
-    /// Shuts down gracefully: stops accepting, lets calls in flight finish
-    /// for up to the shutdown grace, then closes every link with 1001 (calls
-    /// still in flight fail with `CONNECTION_CLOSED`), and waits for the
-    /// connections to end.
+    /// Shuts down gracefully and returns once every connection has ended
+    /// and the port is released.
+    ///
+    /// At once: stops accepting, admits no more agents (a handshake that
+    /// finishes from now on is closed with 1001 instead of registered), and
+    /// takes no new calls either way: [`AgentServer::send_to`],
+    /// [`AgentServer::send_all`] and [`Agent::send`] fail with `SHUTDOWN`,
+    /// and agents' new requests are answered with a `SHUTDOWN` error. Then
+    /// the calls already in flight get up to the shutdown grace to finish;
+    /// shutdown goes on as soon as they have (it looks every 10 ms), or when
+    /// the grace is over. Last, every link closes with 1001 (calls still in
+    /// flight fail with `CONNECTION_CLOSED`).
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        // Under the registry's lock: every agent it ever admits is drained.
+        inner.registry.close(|agent| agent.link().drain());
         inner.stop.cancel();
         let grace_end = agent_protocol::time::deadline_in(inner.shutdown_grace);
-        // Poll rather than wire a notification through every link: shutdown
-        // is rare and the grace is long compared with the interval.
+        // Nothing new starts, so what is in flight only dwindles; polling it
+        // costs nothing that matters next to a grace of seconds.
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
             let busy = inner
