@@ -410,7 +410,7 @@ async fn a_genuine_revocation_still_makes_the_agent_give_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_over_ws_is_retried_but_connect_reports_it_at_once() {
     let server = start_server().await;
-    let mut events = server.events();
+    let mut events = server.handshake_failures();
     let err = within(
         AgentClient::builder(&url(&server), "not the secret")
             .no_heartbeat()
@@ -428,14 +428,11 @@ async fn a_wrong_secret_over_ws_is_retried_but_connect_reports_it_at_once() {
     // Three refused handshakes on the server's side (the connect() above
     // was one).
     let mut refused = 0;
-    wait_for(&mut events, |e| match e {
-        agent_tunnel::server::ServerEvent::HandshakeFailed { code, .. }
-            if code == codes::WRONG_SECRET =>
-        {
+    wait_for(&mut events, |e| {
+        if e.code == codes::WRONG_SECRET {
             refused += 1;
-            (refused == 4).then_some(())
         }
-        _ => None,
+        (refused == 4).then_some(())
     })
     .await;
     assert_never_gave_up(&drain(&mut client_events));

@@ -787,6 +787,7 @@ fn reclaim_matches_the_library() {
     let identity = Identity {
         name: Some(name.to_owned()),
         token: Some(token.clone()),
+        bind: None,
     };
     let mut client = ClientHandshake::with_nonce(nc, identity, v.meta());
     let auth = client
@@ -861,6 +862,7 @@ fn proven_refusal_matches_the_library() {
     let identity = Identity {
         name: Some(name.to_owned()),
         token: Some(Key::from_bytes(v.b32("name_token"))),
+        bind: None,
     };
     let mut client = ClientHandshake::with_nonce(nc, identity, v.meta());
     client

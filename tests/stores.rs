@@ -369,3 +369,63 @@ async fn a_later_save_failure_is_reported_and_the_agent_stays_online() {
     assert_eq!(me, new);
     assert!(client.is_ready());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_save_failed_is_given_on_the_retry() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let once = |name: Option<&str>| {
+        let b = client_builder(&server).reconnect(Backoff::disabled());
+        match name {
+            Some(n) => b.name(n),
+            None => b,
+        }
+    };
+
+    // A chosen name: refused with STORE, then the retry gets it, new.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(once(Some("keeper")).connect())
+        .await
+        .expect_err("an unsaved name must not be handed out");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    store.fail_saves.store(false, Ordering::SeqCst);
+    let keeper = connect(&server, once(Some("keeper"))).await;
+    assert_eq!(keeper.name().as_deref(), Some("keeper"));
+    assert!(server.agent("keeper").unwrap().first_time());
+
+    // An assigned name: the number whose save failed is not burned.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(once(None).connect())
+        .await
+        .expect_err("an unsaved name must not be handed out");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    store.fail_saves.store(false, Ordering::SeqCst);
+    let (_first, first) = connect_plain(&server).await;
+    assert_eq!(first, "A0001");
+    let (_second, second) = connect_plain(&server).await;
+    assert_eq!(second, "A0002");
+    // And what the store holds agrees.
+    let doc = store.doc.lock().unwrap().clone().expect("saved");
+    assert_eq!(doc["next"], 3, "{doc}");
+    assert_eq!(doc["chosen"], serde_json::json!(["keeper"]), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_cannot_be_saved_changes_nothing() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let (client, name) = connect_plain(&server).await;
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect_err("an unsaved revocation must not take effect");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    assert!(!server.is_revoked(&name));
+    assert!(server.agent(&name).is_some_and(|a| a.is_connected()));
+    assert!(client.is_ready());
+    store.fail_saves.store(false, Ordering::SeqCst);
+    within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect("revoked");
+    assert!(server.is_revoked(&name));
+}

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use agent_tunnel::client::{AgentClient, Backoff};
-use agent_tunnel::server::{AgentServer, ServerEvent};
+use agent_tunnel::server::AgentServer;
 use agent_tunnel::HookError;
 use serde_json::{json, Value};
 use support::certs::pki;
@@ -65,7 +65,7 @@ async fn wrong_ca_and_plain_clients_fail_cleanly_without_disturbing_others() {
         .await
         .unwrap();
     let port = server.local_addr().port();
-    let mut events = server.events();
+    let mut failures = server.handshake_failures();
     let good = client(&format!("wss://localhost:{port}"))
         .tls_ca_pem(pki.ca_pem.clone())
         .connect()
@@ -93,12 +93,9 @@ async fn wrong_ca_and_plain_clients_fail_cleanly_without_disturbing_others() {
         .unwrap_err();
     assert_eq!(err.code(), "TRANSPORT", "{err}");
     wait_for(
-        &mut events,
-        "HandshakeFailed for the plain client",
-        |e| match e {
-            ServerEvent::HandshakeFailed { code, .. } if code == "TRANSPORT" => Some(()),
-            _ => None,
-        },
+        &mut failures,
+        "a handshake failure for the plain client",
+        |f| (f.code == "TRANSPORT").then_some(()),
     )
     .await;
 

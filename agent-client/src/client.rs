@@ -171,8 +171,14 @@ impl AgentClient {
                 identity = Identity {
                     name: Some(wanted.clone()),
                     token: None,
+                    bind: None,
                 };
             }
+        }
+        // Until a welcome brings a token, every try carries the same bind, so
+        // a server whose welcome was lost gives the same grant again.
+        if identity.token.is_none() {
+            identity.bind = Some(agent_protocol::crypto::Key::random());
         }
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {

@@ -48,6 +48,7 @@ pub(crate) async fn load(store: &dyn NameStore) -> Result<Identity, Error> {
     Ok(Identity {
         name: doc.name,
         token,
+        bind: None,
     })
 }
 

@@ -74,8 +74,8 @@ pub struct Hello {
     pub sign: bool,
 }
 
-/// `auth {nonce, name?, claim?, meta, proof}`. `Debug` leaves out the proof
-/// and the claim.
+/// `auth {nonce, name?, claim?, bind?, meta, proof}`. `Debug` leaves out the
+/// proof, the claim and the bind.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
     /// The agent's nonce, 32 random bytes as lowercase hex.
@@ -86,6 +86,11 @@ pub struct Auth {
     /// Proof that the agent holds the name's token, as lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// 32 random bytes as lowercase hex, picked by an agent that holds no
+    /// token yet and repeated on its retries, so that the server can give a
+    /// first-time grant whose `welcome` was lost again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
     /// Free-form metadata the server keeps on the agent's handle.
     #[serde(default)]
     pub meta: Map<String, Value>,
@@ -121,6 +126,7 @@ impl std::fmt::Debug for Auth {
             .field("nonce", &self.nonce)
             .field("name", &self.name)
             .field("claim", &redacted(&self.claim))
+            .field("bind", &redacted(&self.bind))
             .field("meta", &self.meta)
             .field("proof", &"<redacted>")
             .finish_non_exhaustive()

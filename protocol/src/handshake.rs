@@ -3,7 +3,7 @@
 //! ```text
 //! server                                   agent
 //!   hello {v, nonce_s, sign}  ───────────►
-//!                             ◄─────────── auth {nonce_c, name?, claim?, meta, proof}
+//!                             ◄─────────── auth {nonce_c, name?, claim?, bind?, meta, proof}
 //!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message, proof?}
 //! ```
 //!
@@ -15,12 +15,16 @@
 //! proof verified carries the server's proof too
 //! ([`ServerHandshake::prove_refusal`], [`ClientHandshake::reject_is_proven`]),
 //! so an agent can tell a genuine final refusal from a forged one.
+//! An agent that holds no token yet
+//! may send `bind`, a random value it repeats on its retries, so that a
+//! server can repeat a first-time grant whose `welcome` was lost.
 //!
 //! Name policy (which name an agent gets) needs the server's store, so it is
 //! left to the server: [`ServerHandshake::verify_auth`] checks the proofs and
 //! [`ServerHandshake::welcome`] writes the answer.
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::close;
 use crate::crypto::{self, Key, Secret, LEN};
@@ -98,17 +102,58 @@ pub struct VerifiedAuth {
     /// The name the agent asked for.
     pub name: Option<String>,
     claim: Option<[u8; LEN]>,
+    bind: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
 }
 
 impl std::fmt::Debug for VerifiedAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A bind lets its holder repeat a first-time grant: never shown.
         f.debug_struct("VerifiedAuth")
             .field("name", &self.name)
-            .field("claim", &self.claim.as_ref().map(|_| "<redacted>"))
+            .field("claim", &self.claim.map(|_| "<present>"))
+            .field("bind", &self.bind.map(|_| "<redacted>"))
             .field("meta", &self.meta)
-            .finish_non_exhaustive()
+            .finish()
+    }
+}
+
+impl VerifiedAuth {
+    /// The SHA-256 of the agent's `bind`, when it sent one: what a server
+    /// keeps to recognise the agent's retry of a first-time grant.
+    pub fn bind_digest(&self) -> Option<BindDigest> {
+        self.bind.map(|b| BindDigest(Sha256::digest(b).into()))
+    }
+}
+
+/// The SHA-256 of an `auth.bind`. Equality is decided in constant time, and
+/// `Debug` shows nothing of it.
+#[derive(Clone, Copy)]
+pub struct BindDigest([u8; LEN]);
+
+impl PartialEq for BindDigest {
+    fn eq(&self, other: &Self) -> bool {
+        // Every byte is looked at, whatever the first difference.
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl Eq for BindDigest {}
+
+impl std::hash::Hash for BindDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl std::fmt::Debug for BindDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindDigest(<redacted>)")
     }
 }
 
@@ -170,10 +215,21 @@ impl ServerHandshake {
                 )
             })?),
         };
+        let bind = match auth.bind.as_deref() {
+            None => None,
+            Some(b) => Some(crypto::decode_hex32(b).ok_or_else(|| {
+                Refusal::new(
+                    codes::PROTOCOL_ERROR,
+                    "auth.bind must be 64 hex digits",
+                    close::PROTOCOL_ERROR,
+                )
+            })?),
+        };
         Ok(VerifiedAuth {
             nonce_c,
             name: auth.name,
             claim,
+            bind,
             meta: auth.meta,
         })
     }
@@ -248,6 +304,12 @@ pub struct Identity {
     pub name: Option<String>,
     /// The name's token, once the server gave one.
     pub token: Option<Key>,
+    /// While there is no token: 32 random bytes the agent picked for this
+    /// identity and sends as `auth.bind` on every try until a `welcome`
+    /// arrives, so that a server that gave the name but whose `welcome` was
+    /// lost gives the same name and token again. Kept in memory only; the
+    /// identity a `welcome` yields has none.
+    pub bind: Option<Key>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -255,6 +317,7 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("name", &self.name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("bind", &self.bind.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -330,10 +393,16 @@ impl ClientHandshake {
             )),
             _ => None,
         };
+        // A token proves the name; a bind only stands in while there is none.
+        let bind = match &self.identity.token {
+            Some(_) => None,
+            None => self.identity.bind.as_ref().map(Key::to_hex),
+        };
         Ok(Frame::Auth(Auth {
             nonce: hex::encode(self.nonce_c),
             name: self.identity.name.clone(),
             claim,
+            bind,
             meta: self.meta.clone(),
             proof: hex::encode(proof),
         }))
@@ -392,10 +461,17 @@ impl ClientHandshake {
             }
             None => None,
         };
+        // Once the agent holds a token its bind has served; without one (a
+        // server that gave none), the bind stays for the next try.
+        let bind = match token {
+            Some(_) => None,
+            None => self.identity.bind.clone(),
+        };
         Ok(Established {
             identity: Identity {
                 name: Some(welcome.name.clone()),
                 token,
+                bind,
             },
             name: welcome.name,
             first_time: welcome.first_time,
@@ -495,6 +571,7 @@ mod tests {
             Identity {
                 name: Some("A7".into()),
                 token: Some(token.clone()),
+                bind: None,
             },
         );
         let verified = verified.unwrap();
@@ -507,6 +584,7 @@ mod tests {
             Identity {
                 name: Some("A7".into()),
                 token: None,
+                bind: None,
             },
         );
         assert!(!server.claim_proves(&no_claim.unwrap(), &token));
@@ -566,5 +644,95 @@ mod tests {
                 .code,
             codes::WRONG_SECRET
         );
+    }
+
+    fn auth_of(identity: Identity) -> Auth {
+        let server = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(identity, Map::new());
+        match client.on_hello(&Secret::from("s"), server.hello()).unwrap() {
+            Frame::Auth(auth) => auth,
+            other => panic!("not auth: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bind_is_sent_only_while_there_is_no_token() {
+        let bind = Key::random();
+        let fresh = auth_of(Identity {
+            name: Some("box".into()),
+            token: None,
+            bind: Some(bind.clone()),
+        });
+        assert_eq!(fresh.bind, Some(bind.to_hex()));
+        let holder = auth_of(Identity {
+            name: Some("box".into()),
+            token: Some(Key::random()),
+            bind: Some(bind),
+        });
+        assert_eq!(holder.bind, None);
+        assert_eq!(auth_of(Identity::default()).bind, None);
+    }
+
+    #[test]
+    fn the_server_keeps_only_a_digest_of_the_bind_and_shows_neither() {
+        let bind = Key::random();
+        let identity = Identity {
+            name: None,
+            token: None,
+            bind: Some(bind.clone()),
+        };
+        assert!(!format!("{identity:?}").contains(&bind.to_hex()));
+        let (verified, _, _) = run("s", "s", identity);
+        let verified = verified.unwrap();
+        let digest = verified.bind_digest().expect("a bind was sent");
+        let expected: [u8; LEN] = Sha256::digest(bind.as_bytes()).into();
+        assert!(digest == BindDigest(expected));
+        assert!(digest != BindDigest([0; LEN]));
+        for shown in [format!("{verified:?}"), format!("{digest:?}")] {
+            assert!(!shown.contains(&bind.to_hex()), "{shown}");
+            assert!(!shown.contains(&hex::encode(expected)), "{shown}");
+        }
+        let (none, _, _) = run("s", "s", Identity::default());
+        assert!(none.unwrap().bind_digest().is_none());
+    }
+
+    #[test]
+    fn a_malformed_bind_is_a_protocol_error() {
+        let server = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(Identity::default(), Map::new());
+        let Frame::Auth(mut auth) = client.on_hello(&Secret::from("s"), server.hello()).unwrap()
+        else {
+            panic!("not auth")
+        };
+        auth.bind = Some("zz".into());
+        let refusal = server.verify_auth(&Secret::from("s"), auth).unwrap_err();
+        assert_eq!(refusal.code, codes::PROTOCOL_ERROR);
+        assert_eq!(refusal.close_code, close::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn a_welcome_with_a_token_clears_the_bind() {
+        let bind = Key::random();
+        let (verified, server, client) = run(
+            "s",
+            "s",
+            Identity {
+                name: None,
+                token: None,
+                bind: Some(bind),
+            },
+        );
+        let token = crypto::name_token(&Key::random(), "A1");
+        let (welcome, _) = server.welcome(
+            &Secret::from("s"),
+            &verified.unwrap(),
+            "A1",
+            true,
+            Some(&token),
+            LIMITS,
+        );
+        let est = client.on_answer(&Secret::from("s"), welcome).unwrap();
+        assert_eq!(est.identity.token, Some(token));
+        assert_eq!(est.identity.bind, None);
     }
 }

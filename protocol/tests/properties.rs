@@ -141,13 +141,15 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             hex(),
             prop::option::of(text()),
             prop::option::of(hex()),
+            prop::option::of(hex()),
             json_object(),
             hex()
         )
-            .prop_map(|(nonce, name, claim, meta, proof)| Frame::Auth(Auth {
+            .prop_map(|(nonce, name, claim, bind, meta, proof)| Frame::Auth(Auth {
                 nonce,
                 name,
                 claim,
+                bind,
                 meta,
                 proof
             })),
@@ -773,14 +775,17 @@ fn identity(who: &Who, server_key: &Key) -> Identity {
         Who::Named(n) => Identity {
             name: Some(n.clone()),
             token: None,
+            bind: None,
         },
         Who::WithToken(n) => Identity {
             name: Some(n.clone()),
             token: Some(crypto::name_token(server_key, n)),
+            bind: None,
         },
         Who::WrongToken(n) => Identity {
             name: Some(n.clone()),
             token: Some(crypto::name_token(server_key, &format!("{n}~"))),
+            bind: None,
         },
     }
 }
