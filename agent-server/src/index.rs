@@ -46,11 +46,13 @@ enum Start<'a> {
 
 impl LabelIndex {
     /// Number of indexed agents.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.agents.len()
     }
 
     /// The labels `name` is indexed with.
+    #[cfg(test)]
     pub(crate) fn labels(&self, name: &str) -> Option<&Labels> {
         self.agents.get(name)
     }
@@ -70,15 +72,13 @@ impl LabelIndex {
         self.agents.insert(name, labels.clone());
     }
 
-    /// Drops `name` and its labels; false when it was not indexed.
-    pub(crate) fn remove(&mut self, name: &str) -> bool {
-        let Some(labels) = self.agents.remove(name) else {
-            return false;
-        };
+    /// Drops `name`, returning the labels it was indexed with.
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Labels> {
+        let labels = self.agents.remove(name)?;
         for (k, v) in &labels {
             self.unpost(k, v, name);
         }
-        true
+        Some(labels)
     }
 
     /// Gives `name` the labels `labels`, touching only the postings that
@@ -306,12 +306,12 @@ mod tests {
         ix.insert("A2", &labels("role=db"));
         assert_eq!(names(ix.select(&sel("role=db"))), ["A1", "A2"]);
         assert!(ix.select(&sel("region=eu")).is_empty());
-        assert!(ix.remove("A1"));
-        assert!(!ix.remove("A1"));
+        assert_eq!(ix.remove("A1"), Some(labels("canary=,region=us,role=db")));
+        assert_eq!(ix.remove("A1"), None);
         assert_eq!(names(ix.select(&sel(""))), ["A2"]);
         ix.update("A3", &Labels::new());
         assert_eq!(ix.len(), 2);
-        assert!(ix.remove("A2") && ix.remove("A3"));
+        assert!(ix.remove("A2").is_some() && ix.remove("A3").is_some());
         assert!(ix.postings.is_empty(), "empty postings are dropped");
         assert!(ix.agents.is_empty());
     }
@@ -378,7 +378,7 @@ mod tests {
                         model.insert(format!("A{n}"), l.clone());
                     }
                     Step::Remove(n) => {
-                        prop_assert_eq!(ix.remove(&format!("A{n}")), model.remove(&format!("A{n}")).is_some());
+                        prop_assert_eq!(ix.remove(&format!("A{n}")), model.remove(&format!("A{n}")));
                     }
                 }
             }

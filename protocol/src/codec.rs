@@ -55,6 +55,7 @@ struct Flat<'a> {
     claim: Option<String>,
     bind: Option<String>,
     meta: Option<Map<String, Value>>,
+    labels: Option<Map<String, Value>>,
     proof: Option<String>,
     first_time: Option<bool>,
     token: Option<String>,
@@ -147,6 +148,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             claim: f.claim,
             bind: f.bind,
             meta: f.meta.unwrap_or_default(),
+            labels: f.labels.unwrap_or_default(),
             proof: need(f.proof, "auth", "proof")?,
         }),
         "welcome" => Frame::Welcome(Welcome {
@@ -663,6 +665,7 @@ mod tests {
                 claim: Some("ef".repeat(32)),
                 bind: Some("ab".repeat(32)),
                 meta: serde_json::from_str(r#"{"region":"eu"}"#).unwrap(),
+                labels: serde_json::from_str(r#"{"role":"db"}"#).unwrap(),
                 proof: "01".repeat(32),
             }),
             Frame::Welcome(Welcome {

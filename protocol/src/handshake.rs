@@ -30,6 +30,7 @@ use crate::close;
 use crate::crypto::{self, Key, Secret, LEN};
 use crate::error::{codes, Error};
 use crate::frame::{Auth, Frame, Hello, Limits, Reject, Welcome, PROTOCOL_VERSION};
+use crate::labels::Labels;
 
 /// What both sides hold once the handshake succeeded.
 #[derive(Debug, Clone)]
@@ -105,6 +106,9 @@ pub struct VerifiedAuth {
     bind: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
+    /// The labels the agent presented, not yet validated: the server checks
+    /// them with [`crate::labels::Labels`]'s `Deserialize`.
+    pub labels: Map<String, Value>,
 }
 
 impl std::fmt::Debug for VerifiedAuth {
@@ -115,6 +119,7 @@ impl std::fmt::Debug for VerifiedAuth {
             .field("claim", &self.claim.map(|_| "<present>"))
             .field("bind", &self.bind.map(|_| "<redacted>"))
             .field("meta", &self.meta)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -231,6 +236,7 @@ impl ServerHandshake {
             claim,
             bind,
             meta: auth.meta,
+            labels: auth.labels,
         })
     }
 
@@ -345,6 +351,7 @@ pub struct ClientHandshake {
     sign: bool,
     identity: Identity,
     meta: Map<String, Value>,
+    labels: Labels,
 }
 
 impl ClientHandshake {
@@ -361,7 +368,15 @@ impl ClientHandshake {
             sign: false,
             identity,
             meta,
+            labels: Labels::new(),
         }
+    }
+
+    /// Presents `labels` in `auth` (none by default).
+    #[must_use]
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
     }
 
     /// Answers the server's `hello` with an `auth` frame.
@@ -404,6 +419,11 @@ impl ClientHandshake {
             claim,
             bind,
             meta: self.meta.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect(),
             proof: hex::encode(proof),
         }))
     }

@@ -143,16 +143,20 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             prop::option::of(hex()),
             prop::option::of(hex()),
             json_object(),
+            json_object(),
             hex()
         )
-            .prop_map(|(nonce, name, claim, bind, meta, proof)| Frame::Auth(Auth {
-                nonce,
-                name,
-                claim,
-                bind,
-                meta,
-                proof
-            })),
+            .prop_map(
+                |(nonce, name, claim, bind, meta, labels, proof)| Frame::Auth(Auth {
+                    nonce,
+                    name,
+                    claim,
+                    bind,
+                    meta,
+                    labels,
+                    proof
+                })
+            ),
         (
             text(),
             any::<bool>(),
