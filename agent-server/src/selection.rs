@@ -137,6 +137,7 @@ impl Selection {
     /// a few at a time and [`CallEach::timeout`] sets the time each agent
     /// gets. Nothing is sent before the stream is first polled.
     ///
+    /// Calls go out as the stream is read (see [`CallEach::concurrency`]).
     /// Dropping the stream stops it: no further agent is called, and the
     /// calls in flight are abandoned (their late answers are dropped).
     /// A selector that selects nothing yields an empty stream. Fails only
@@ -249,8 +250,10 @@ impl<R> fmt::Debug for CallEach<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> CallEach<R> {
-    /// At most `n` calls in flight at once (at least 1); the next agent is
-    /// called as soon as one answers. Default: every agent at once.
+    /// At most `n` calls in flight at once (at least 1). Calls start as the
+    /// stream is read: each answer it yields makes room for the next
+    /// agent's call, so a reader that stops reading also pauses the
+    /// rollout. Default: every agent at once.
     pub fn concurrency(mut self, n: usize) -> Self {
         if let State::Ready(plan) = &mut self.state {
             plan.concurrency = n.max(1);
