@@ -8,15 +8,15 @@
 use std::time::Duration;
 
 use agent_tunnel::client::AgentClient;
-use agent_tunnel::server::{AgentServer, Selector};
+use agent_tunnel::server::{AgentServer, NotAdmitted, Selector};
 use agent_tunnel::HookError;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secret = "rollout-secret";
 
-    // The server marks every fifth agent of each region a canary, whatever
-    // the agent itself says.
+    // The server marks every fifth agent (by the number in its name) a
+    // canary, whatever the agent itself says.
     let server = AgentServer::builder()
         .secret(secret)
         .on_admit(|agent| {
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if n % 5 == 0 {
                 labels
                     .insert("canary", "true")
-                    .map_err(|e| agent_tunnel::server::NotAdmitted::new(e.to_string()))?;
+                    .map_err(|e| NotAdmitted::new(e.to_string()))?;
             }
             Ok(labels)
         })
@@ -45,7 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Some work, a little longer on some agents.
                 let ms = 20 + 15 * (call.peer.name().len() as u64 % 3) + 5 * (i as u64 % 4);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                if role == "cache" && region == "us" && i > 20 {
+                // One cache agent has no room for the new build.
+                if i == 23 {
                     return Err(HookError::new("DISK_FULL", "no room for the new build"));
                 }
                 Ok::<_, HookError>(format!("{role}@{region} now runs {version}"))
@@ -62,15 +63,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("{n} agents connected");
 
-    // Canaries first: every canary, any region.
+    // Canaries first, all at once; any failure stops the rollout.
     let canaries = server.select("canary".parse::<Selector>()?);
-    println!("canaries: {}", canaries.count());
-    for (name, result) in canaries.send_all::<_, String>("upgrade", "v2").await? {
-        println!("  canary {name}: {result:?}");
+    println!("upgrading {} canaries", canaries.count());
+    let results = canaries.send_all::<_, String>("upgrade", "v2").await?;
+    for (name, result) in &results {
+        match result {
+            Ok(msg) => println!("  canary {name}: {msg}"),
+            Err(e) => println!("  canary {name}: {} ({e})", e.code()),
+        }
+    }
+    if results.values().any(Result::is_err) {
+        println!("a canary failed; stopping");
+        return Ok(());
     }
 
-    // Then the rest of eu and us web and db, ten at a time, stopping at the
-    // first failure.
+    // Then web and db agents that are not canaries, ten at a time, each
+    // result printed as it arrives, stopping at the first failure.
     let rest: Selector = "!canary,role in (db,web)".parse()?;
     let selection = server.select(rest.clone());
     println!(
@@ -92,8 +101,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(rollout);
 
-    // Caches last; one of them fails, and the rollout stops there.
+    // Caches last, three at a time; one of them fails, and the rollout
+    // stops there: dropping the stream calls no one else.
     let caches = server.select("role=cache,!canary".parse::<Selector>()?);
+    println!("rolling out to {} caches", caches.count());
     let mut rollout = caches
         .call_each::<_, String>("upgrade", "v2")?
         .concurrency(3);
