@@ -179,6 +179,10 @@ where
         let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
         return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
     }
+    if !crate::name::is_valid_action(action) {
+        let invalid = HookError::invalid_message(crate::name::invalid_action(action));
+        return Some(Outbound::Text(codec::encode_res(id, Err(&invalid))));
+    }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
         let busy = HookError::new(
             codes::BUSY,

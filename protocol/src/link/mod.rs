@@ -221,6 +221,9 @@ impl LinkHandle {
         if self.is_draining() {
             return Err(Error::Shutdown);
         }
+        if !crate::name::is_valid_action(action) {
+            return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
+        }
         let (id, rx, mut guard) = self
             .shared
             .pending
