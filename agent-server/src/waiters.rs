@@ -24,6 +24,9 @@ use tokio::sync::oneshot;
 /// What a waiter is answered with.
 pub(crate) type Answer<T> = Result<T, Error>;
 
+/// A waiter for a name: its id and where its answer goes.
+type NameWaiter<T> = (u64, oneshot::Sender<Answer<T>>);
+
 struct CountWaiter {
     selector: Selector,
     want: usize,
@@ -37,7 +40,7 @@ pub(crate) struct Waiters<T> {
     next_id: u64,
     closed: bool,
     /// Name → the waiters for it, by id.
-    by_name: HashMap<String, Vec<(u64, oneshot::Sender<Answer<T>>)>>,
+    by_name: HashMap<String, Vec<NameWaiter<T>>>,
     /// Id → a waiter for a count.
     counts: HashMap<u64, CountWaiter>,
     len: usize,
