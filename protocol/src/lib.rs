@@ -10,6 +10,8 @@
 //! * [`name`]: the `A####` name format and name syntax.
 //! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
 //! * [`hooks`]: the handler registry and its chain rules.
+//! * [`caps`]: the optional features each side announces in the handshake
+//!   (cancellation, notifications).
 //! * [`link`]: one authenticated connection: a reader task, a writer task, and
 //!   the pending map that matches responses to requests. Both sides use it.
 //! * [`error`] and [`close`]: error codes and close codes.
@@ -21,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod close;
 pub mod codec;
 pub mod crypto;
@@ -36,12 +39,13 @@ pub mod store;
 pub mod time;
 pub mod transport;
 
+pub use caps::Caps;
 pub use close::CloseReason;
 pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
 pub use hooks::{handler, Call, Handler, Hooks};
-pub use link::{LinkConfig, LinkHandle, Role};
+pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
 pub use name::NameFormat;
 pub use store::{FileStore, MemoryStore, NameStore};
 
