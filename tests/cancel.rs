@@ -89,7 +89,10 @@ async fn until(what: &str, ok: impl Fn() -> bool) {
 
 /// The hooks both sides get: `slow` never finishes (until dropped),
 /// `stubborn` keeps running through a cancel and reports it, `echo`.
-fn install<P: Clone + Send + Sync + 'static>(hooks: &agent_tunnel::protocol::Hooks<P>, probe: &Probe) {
+fn install<P: Clone + Send + Sync + 'static>(
+    hooks: &agent_tunnel::protocol::Hooks<P>,
+    probe: &Probe,
+) {
     let p = probe.clone();
     hooks.on_hook("slow", move |_: Value, _: Call<P>| {
         let alive = p.enter();
@@ -110,7 +113,9 @@ fn install<P: Clone + Send + Sync + 'static>(hooks: &agent_tunnel::protocol::Hoo
             Ok::<_, HookError>(json!({"cancelled": call.is_cancelled(), "finished": true}))
         }
     });
-    hooks.on_hook("echo", |v: Value, _: Call<P>| async move { Ok::<_, HookError>(v) });
+    hooks.on_hook("echo", |v: Value, _: Call<P>| async move {
+        Ok::<_, HookError>(v)
+    });
 }
 
 /// A server and one agent, each with the hooks of [`install`], and the
@@ -134,17 +139,20 @@ async fn pair_with(builder: agent_tunnel::server::ServerBuilder) -> Pair {
     install(server.hooks(), &on_server);
     let captured: Arc<std::sync::Mutex<Option<ServerHandle>>> = Arc::default();
     let slot = Arc::clone(&captured);
-    let builder = client_builder(&server)
-        .default_timeout(LONG)
-        .on_hook("capture", move |_: Value, call: Call<ServerHandle>| {
+    let builder = client_builder(&server).default_timeout(LONG).on_hook(
+        "capture",
+        move |_: Value, call: Call<ServerHandle>| {
             *slot.lock().expect("slot") = Some(call.peer.clone());
             async { Ok::<_, HookError>(()) }
-        });
+        },
+    );
     let client = connect(&server, builder).await;
     install(client.hooks(), &on_agent);
     let name = client.name().expect("named");
     let agent = server.agent(&name).expect("registered");
-    within(agent.send::<_, ()>("capture", &())).await.expect("capture");
+    within(agent.send::<_, ()>("capture", &()))
+        .await
+        .expect("capture");
     let server_handle = captured.lock().expect("slot").clone().expect("captured");
     Pair {
         agent_link: server_handle.link().clone(),
@@ -183,7 +191,11 @@ impl Pair {
         .await;
         let stats = self.server.stats();
         assert_eq!(
-            (stats.pending_requests, stats.serving_requests, stats.running_hooks),
+            (
+                stats.pending_requests,
+                stats.serving_requests,
+                stats.running_hooks
+            ),
             (0, 0, 0),
             "{stats:?}"
         );
@@ -255,7 +267,11 @@ async fn a_call_cancelled_before_it_went_out_sends_nothing() {
     // would have started before this one was read.
     let back: Value = within(p.agent.send("echo", &"after")).await.expect("echo");
     assert_eq!(back, json!("after"));
-    assert_eq!(p.on_agent.started(), 0, "the cancelled call never reached the agent");
+    assert_eq!(
+        p.on_agent.started(),
+        0,
+        "the cancelled call never reached the agent"
+    );
     // Cancelling a finished call, through a canceller, changes nothing.
     let call = p.agent.send_cancellable::<_, Value>("echo", &"done");
     let stop = call.canceller();
@@ -342,7 +358,9 @@ async fn an_agents_explicit_cancel_and_a_server_hook_that_keeps_running() {
     assert!(matches!(within(call).await, Err(Error::Cancelled)));
     assert_eq!(p.on_server.live(), 0);
 
-    let mut call = p.server_handle.send_cancellable::<_, Value>("stubborn", &());
+    let mut call = p
+        .server_handle
+        .send_cancellable::<_, Value>("stubborn", &());
     tokio::select! {
         _ = &mut call => panic!("stubborn finished early"),
         _ = p.on_server.wait_started(2) => {}
@@ -387,7 +405,9 @@ async fn the_server_handles_every_ordering_of_a_cancel() {
     let cancel = |id: u64| Message::text(codec::encode_cancel(id));
 
     // During: the hook runs; the cancel drops it; one CANCELLED answer.
-    within(ws.send(req(1, "slow", json!(null)))).await.expect("send");
+    within(ws.send(req(1, "slow", json!(null))))
+        .await
+        .expect("send");
     probe.wait_started(1).await;
     within(ws.send(cancel(1))).await.expect("send");
     let v = res_of(&mut ws, 1).await;
@@ -396,14 +416,18 @@ async fn the_server_handles_every_ordering_of_a_cancel() {
 
     // Twice: the second changes nothing, and no second answer comes (the
     // next frame is the echo's).
-    within(ws.send(req(2, "slow", json!(null)))).await.expect("send");
+    within(ws.send(req(2, "slow", json!(null))))
+        .await
+        .expect("send");
     probe.wait_started(2).await;
     within(ws.feed(cancel(2))).await.expect("feed");
     within(ws.feed(cancel(2))).await.expect("feed");
     within(ws.flush()).await.expect("flush");
     assert_eq!(res_of(&mut ws, 2).await["err"]["code"], codes::CANCELLED);
     within(ws.send(cancel(2))).await.expect("send");
-    within(ws.send(req(3, "echo", json!("three")))).await.expect("send");
+    within(ws.send(req(3, "echo", json!("three"))))
+        .await
+        .expect("send");
     assert_eq!(res_of(&mut ws, 3).await["ok"], "three");
 
     // After its answer, for an id never sent, and before its request: all
@@ -411,17 +435,23 @@ async fn the_server_handles_every_ordering_of_a_cancel() {
     within(ws.send(cancel(3))).await.expect("send");
     within(ws.send(cancel(999_999))).await.expect("send");
     within(ws.send(cancel(4))).await.expect("send");
-    within(ws.send(req(4, "echo", json!("four")))).await.expect("send");
+    within(ws.send(req(4, "echo", json!("four"))))
+        .await
+        .expect("send");
     assert_eq!(res_of(&mut ws, 4).await["ok"], "four");
 
     // In the same write as its request: one answer, CANCELLED.
-    within(ws.feed(req(5, "slow", json!(null)))).await.expect("feed");
+    within(ws.feed(req(5, "slow", json!(null))))
+        .await
+        .expect("feed");
     within(ws.feed(cancel(5))).await.expect("feed");
     within(ws.flush()).await.expect("flush");
     assert_eq!(res_of(&mut ws, 5).await["err"]["code"], codes::CANCELLED);
 
     // A hook that keeps running answers with its own result.
-    within(ws.send(req(6, "stubborn", json!(null)))).await.expect("send");
+    within(ws.send(req(6, "stubborn", json!(null))))
+        .await
+        .expect("send");
     probe.wait_started(4).await;
     within(ws.send(cancel(6))).await.expect("send");
     assert_eq!(
@@ -429,10 +459,16 @@ async fn the_server_handles_every_ordering_of_a_cancel() {
         json!({"cancelled": true, "finished": true})
     );
 
-    within(ws.send(req(7, "echo", json!("end")))).await.expect("send");
+    within(ws.send(req(7, "echo", json!("end"))))
+        .await
+        .expect("send");
     assert_eq!(res_of(&mut ws, 7).await["ok"], "end");
     assert_eq!(
-        (link.serving_requests(), link.running_hooks(), link.cancellable_requests()),
+        (
+            link.serving_requests(),
+            link.running_hooks(),
+            link.cancellable_requests()
+        ),
         (0, 0, 0)
     );
     assert_eq!(probe.live(), 0);
@@ -467,10 +503,17 @@ async fn an_agent_without_capabilities_never_receives_a_cancel() {
     let agent3 = agent.clone();
     let next = tokio::spawn(async move { agent3.send::<_, Value>("next", &3).await });
     let v = recv_json(&mut ws).await;
-    assert_eq!((v["t"].as_str(), v["action"].as_str()), (Some("req"), Some("next")), "{v}");
+    assert_eq!(
+        (v["t"].as_str(), v["action"].as_str()),
+        (Some("req"), Some("next")),
+        "{v}"
+    );
     let id = v["id"].as_u64().expect("id");
     send_json(&mut ws, &json!({"t":"res","id":id,"ok":"fine"})).await;
-    assert_eq!(within(next).await.expect("task").expect("answer"), json!("fine"));
+    assert_eq!(
+        within(next).await.expect("task").expect("answer"),
+        json!("fine")
+    );
     // A late answer to the cancelled request is dropped quietly.
     let cancelled_id = first["id"].as_u64().expect("id");
     send_json(&mut ws, &json!({"t":"res","id":cancelled_id,"ok":"late"})).await;
@@ -492,15 +535,17 @@ async fn the_agent_handles_every_ordering_of_a_cancel() {
     assert_eq!(link.agent_caps, Caps::SUPPORTED);
     let client = within(connecting).await.expect("task").expect("connects");
     install(client.hooks(), &probe);
-    let req = |id: u64, action: &str| {
-        json!({"t":"req","id":id,"action":action,"body":"x"}).to_string()
-    };
+    let req =
+        |id: u64, action: &str| json!({"t":"req","id":id,"action":action,"body":"x"}).to_string();
 
     link.send(&req(1, "slow")).await;
     probe.wait_started(1).await;
     link.send(&codec::encode_cancel(1)).await;
     let v = link.recv().await;
-    assert_eq!((v["id"].as_u64(), v["err"]["code"].as_str()), (Some(1), Some(codes::CANCELLED)));
+    assert_eq!(
+        (v["id"].as_u64(), v["err"]["code"].as_str()),
+        (Some(1), Some(codes::CANCELLED))
+    );
     assert_eq!(probe.live(), 0);
 
     link.send(&req(2, "slow")).await;
@@ -558,7 +603,10 @@ async fn an_agent_sends_cancel_to_a_capable_server_and_none_to_an_old_one() {
         let v = if capable { link.recv().await } else { v };
         assert_eq!(v["action"], "short", "{v}");
         let short = v["id"].as_u64().expect("id");
-        let err = within(timed_out).await.expect("task").expect_err("times out");
+        let err = within(timed_out)
+            .await
+            .expect("task")
+            .expect_err("times out");
         assert_eq!(err.code(), codes::TIMEOUT);
         // The terminal answers of both find nobody, as they should.
         for id in [dropped, short] {

@@ -91,18 +91,37 @@ async fn a_flood_of_cancels_is_ignored_and_stores_nothing() {
     )
     .await;
     still_served(&mut ws, 7).await;
-    assert_eq!(peak.stop().await, 0, "a cancel for an unknown id stores nothing");
+    assert_eq!(
+        peak.stop().await,
+        0,
+        "a cancel for an unknown id stores nothing"
+    );
 
     // Many cancels of one request being served: one CANCELLED answer.
     const KEY: &str = "cancel-one";
-    send_json(&mut ws, &json!({"t":"req","id":5,"action":"block","body":KEY})).await;
+    send_json(
+        &mut ws,
+        &json!({"t":"req","id":5,"action":"block","body":KEY}),
+    )
+    .await;
     h.blockers.wait_started(KEY, 1).await;
-    burst(&mut ws, (0..500).map(|_| r#"{"t":"cancel","id":5}"#.to_owned())).await;
+    burst(
+        &mut ws,
+        (0..500).map(|_| r#"{"t":"cancel","id":5}"#.to_owned()),
+    )
+    .await;
     let v = recv_json(&mut ws).await;
-    assert_eq!((v["id"].as_u64(), v["err"]["code"].as_str()), (Some(5), Some(codes::CANCELLED)));
+    assert_eq!(
+        (v["id"].as_u64(), v["err"]["code"].as_str()),
+        (Some(5), Some(codes::CANCELLED))
+    );
     still_served(&mut ws, 8).await;
     assert_eq!(
-        (link.serving_requests(), link.running_hooks(), link.cancellable_requests()),
+        (
+            link.serving_requests(),
+            link.running_hooks(),
+            link.cancellable_requests()
+        ),
         (0, 0, 0)
     );
     good.stop().await;
@@ -134,7 +153,11 @@ async fn notes_for_unknown_actions_and_failing_hooks_are_ignored() {
         .await;
         still_served(&mut ws, round).await;
     }
-    assert_eq!(link.dropped_notes(), 0, "hooks that finish at once are never dropped");
+    assert_eq!(
+        link.dropped_notes(),
+        0,
+        "hooks that finish at once are never dropped"
+    );
     good.stop().await;
     leave(ws, &h, &name).await;
     h.finish().await;
@@ -177,15 +200,26 @@ async fn malformed_cancels_and_notes_close_only_their_link() {
         (r#"{"t":"cancel"}"#.into(), close::PROTOCOL_ERROR),
         (r#"{"t":"cancel","id":"5"}"#.into(), close::PROTOCOL_ERROR),
         (r#"{"t":"cancel","id":-1}"#.into(), close::PROTOCOL_ERROR),
-        (r#"{"t":"cancel","id":18446744073709551616}"#.into(), close::PROTOCOL_ERROR),
+        (
+            r#"{"t":"cancel","id":18446744073709551616}"#.into(),
+            close::PROTOCOL_ERROR,
+        ),
         (r#"{"t":"note","body":1}"#.into(), close::PROTOCOL_ERROR),
-        (r#"{"t":"note","action":7,"body":1}"#.into(), close::PROTOCOL_ERROR),
-        (r#"{"t":"req","id":1,"action":"echo","body":1,"caps":"all"}"#.into(), close::PROTOCOL_ERROR),
+        (
+            r#"{"t":"note","action":7,"body":1}"#.into(),
+            close::PROTOCOL_ERROR,
+        ),
+        (
+            r#"{"t":"req","id":1,"action":"echo","body":1,"caps":"all"}"#.into(),
+            close::PROTOCOL_ERROR,
+        ),
     ];
     for (text, code) in cases {
         let mut events = h.server.events();
         let (mut ws, name) = raw_agent(&h.server).await;
-        within(ws.send(Message::text(text.clone()))).await.expect("send");
+        within(ws.send(Message::text(text.clone())))
+            .await
+            .expect("send");
         let closed = expect_close(&mut ws).await;
         let shown: String = text.chars().take(80).collect();
         assert_eq!(closed.code, code, "{shown}");
@@ -199,11 +233,20 @@ async fn malformed_cancels_and_notes_close_only_their_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_of_the_wrong_type_in_auth_close_the_handshake() {
     let h = harness().await;
-    for caps in [json!("cancel"), json!(5), json!([1, 2]), json!({"cancel": true})] {
+    for caps in [
+        json!("cancel"),
+        json!(5),
+        json!([1, 2]),
+        json!({"cancel": true}),
+    ] {
         let mut ws = raw_connect(&h.server).await;
         let hello = recv_json(&mut ws).await;
         assert_eq!(hello["t"], "hello");
-        assert_eq!(hello["caps"], json!(["cancel", "note"]), "the server announces both");
+        assert_eq!(
+            hello["caps"],
+            json!(["cancel", "note"]),
+            "the server announces both"
+        );
         let auth: Value = json!({
             "t": "auth",
             "nonce": "02".repeat(32),

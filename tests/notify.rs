@@ -83,7 +83,11 @@ async fn the_server_notifies_one_agent_and_all_of_them() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         let client = connect(&server, client_builder(&server)).await;
-        seen.push(install(client.hooks(), |s: &ServerHandle| s.name().to_owned(), &gate));
+        seen.push(install(
+            client.hooks(),
+            |s: &ServerHandle| s.name().to_owned(),
+            &gate,
+        ));
         clients.push(client);
     }
     let first = clients[0].name().expect("named");
@@ -96,7 +100,9 @@ async fn the_server_notifies_one_agent_and_all_of_them() {
         ("seen".to_owned(), json!({"n": 1}), true, first.clone())
     );
     let agent = server.agent(&first).expect("registered");
-    within(agent.notify("seen", &json!({"n": 2}))).await.expect("notify");
+    within(agent.notify("seen", &json!({"n": 2})))
+        .await
+        .expect("notify");
     assert_eq!(next(&mut seen[0]).await.1, json!({"n": 2}));
 
     let sent = within(server.notify_all("seen", &"everyone"))
@@ -128,14 +134,17 @@ async fn an_agent_notifies_the_server_from_the_client_and_from_a_hook() {
     let server = start_server().await;
     let gate = Gate::new();
     let mut seen = install(server.hooks(), |a: &Agent| a.name().to_owned(), &gate);
-    let builder = client_builder(&server).on_hook("relay", |n: u64, call: Call<ServerHandle>| async move {
-        call.peer.notify("seen", &json!({"relayed": n})).await?;
-        Ok::<_, HookError>(())
-    });
+    let builder =
+        client_builder(&server).on_hook("relay", |n: u64, call: Call<ServerHandle>| async move {
+            call.peer.notify("seen", &json!({"relayed": n})).await?;
+            Ok::<_, HookError>(())
+        });
     let client = connect(&server, builder).await;
     let name = client.name().expect("named");
 
-    within(client.notify("seen", &"hello")).await.expect("notify");
+    within(client.notify("seen", &"hello"))
+        .await
+        .expect("notify");
     assert_eq!(
         next(&mut seen).await,
         ("seen".to_owned(), json!("hello"), true, name.clone())
@@ -147,8 +156,12 @@ async fn an_agent_notifies_the_server_from_the_client_and_from_a_hook() {
 
     // Errors and unknown actions go nowhere: the link serves on.
     within(client.notify("fails", &())).await.expect("notify");
-    within(client.notify("no-such-hook", &())).await.expect("notify");
-    within(client.notify("seen", &"after")).await.expect("notify");
+    within(client.notify("no-such-hook", &()))
+        .await
+        .expect("notify");
+    within(client.notify("seen", &"after"))
+        .await
+        .expect("notify");
     assert_eq!(next(&mut seen).await.1, json!("after"));
     let agent = server.agent(&name).expect("registered");
     assert_eq!(agent.link().dropped_notes(), 0);
@@ -174,8 +187,15 @@ async fn notes_past_the_in_flight_bound_are_dropped_and_counted() {
     }
     within(ws.flush()).await.expect("flush");
     // A request after them is read after them, and still served.
-    send_json(&mut ws, &json!({"t":"req","id":1,"action":"seen","body":"req"})).await;
-    assert_eq!(recv_json(&mut ws).await, json!({"t":"res","id":1,"ok":"discarded"}));
+    send_json(
+        &mut ws,
+        &json!({"t":"req","id":1,"action":"seen","body":"req"}),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"t":"res","id":1,"ok":"discarded"})
+    );
     assert_eq!(next(&mut seen).await.1, json!("req"));
     assert_eq!(link.serving_notes(), FLIGHT);
     assert_eq!(link.dropped_notes(), 10 - FLIGHT as u64);
@@ -195,7 +215,11 @@ async fn notes_past_the_in_flight_bound_are_dropped_and_counted() {
     // While draining, notes are dropped too, and notify refuses.
     link.drain();
     send_json(&mut ws, &json!({"t":"note","action":"seen","body":"late"})).await;
-    send_json(&mut ws, &json!({"t":"req","id":2,"action":"seen","body":"late"})).await;
+    send_json(
+        &mut ws,
+        &json!({"t":"req","id":2,"action":"seen","body":"late"}),
+    )
+    .await;
     assert_eq!(recv_json(&mut ws).await["err"]["code"], codes::SHUTDOWN);
     assert_eq!(link.dropped_notes(), 10 - FLIGHT as u64 + 1);
     let refused = link.notify("seen", &()).await.unwrap_err();
@@ -218,11 +242,17 @@ async fn a_note_gets_no_answer_on_the_wire() {
     ] {
         send_json(&mut ws, &note).await;
     }
-    assert_eq!(next(&mut seen).await, ("seen".into(), json!([1, 2]), true, name.clone()));
+    assert_eq!(
+        next(&mut seen).await,
+        ("seen".into(), json!([1, 2]), true, name.clone())
+    );
     assert_eq!(next(&mut seen).await.1, Value::Null);
     // The first frame back is the answer to this request: the notes got none.
     send_json(&mut ws, &json!({"t":"req","id":9,"action":"seen","body":0})).await;
-    assert_eq!(recv_json(&mut ws).await, json!({"t":"res","id":9,"ok":"discarded"}));
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"t":"res","id":9,"ok":"discarded"})
+    );
     within(ws.close(None)).await.expect("close");
     within(server.shutdown()).await;
 }
@@ -236,7 +266,9 @@ async fn peers_without_the_capability_are_never_sent_a_note() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), codes::UNSUPPORTED);
-    let sent = within(server.notify_all("seen", &1)).await.expect("one agent");
+    let sent = within(server.notify_all("seen", &1))
+        .await
+        .expect("one agent");
     assert_eq!(sent[&name].as_ref().unwrap_err().code(), codes::UNSUPPORTED);
     // The raw agent's next frame is a request: no note came before it.
     let call = {
@@ -266,7 +298,8 @@ async fn peers_without_the_capability_are_never_sent_a_note() {
     let call = tokio::spawn(async move { c.send::<_, Value>("q", &()).await });
     let v = link.recv().await;
     assert_eq!(v["t"], "req", "{v}");
-    link.send(&format!(r#"{{"t":"res","id":{},"ok":2}}"#, v["id"])).await;
+    link.send(&format!(r#"{{"t":"res","id":{},"ok":2}}"#, v["id"]))
+        .await;
     assert_eq!(within(call).await.expect("task").expect("answer"), json!(2));
     within(client.close()).await;
 }
@@ -280,7 +313,11 @@ async fn an_agent_and_a_capable_raw_server_exchange_notes_on_the_wire() {
     let connecting = tokio::spawn(builder.connect());
     let mut link = raw.accept().await;
     let client = within(connecting).await.expect("task").expect("connects");
-    let mut seen = install(client.hooks(), |s: &ServerHandle| s.name().to_owned(), &gate);
+    let mut seen = install(
+        client.hooks(),
+        |s: &ServerHandle| s.name().to_owned(),
+        &gate,
+    );
 
     within(client.notify("log", &json!({"line": "started"})))
         .await
@@ -291,17 +328,24 @@ async fn an_agent_and_a_capable_raw_server_exchange_notes_on_the_wire() {
     );
     link.send(r#"{"t":"note","action":"seen","body":{"from":"server"}}"#)
         .await;
-    link.send(r#"{"t":"note","action":"fails","body":null}"#).await;
+    link.send(r#"{"t":"note","action":"fails","body":null}"#)
+        .await;
     assert_eq!(
         next(&mut seen).await,
-        ("seen".into(), json!({"from": "server"}), true, "A0001".into())
+        (
+            "seen".into(),
+            json!({"from": "server"}),
+            true,
+            "A0001".into()
+        )
     );
     // Nothing came back for either note: the next frame is this request.
     let c = client.clone();
     let call = tokio::spawn(async move { c.send::<_, Value>("q", &()).await });
     let v = link.recv().await;
     assert_eq!(v["t"], "req", "{v}");
-    link.send(&format!(r#"{{"t":"res","id":{},"ok":3}}"#, v["id"])).await;
+    link.send(&format!(r#"{{"t":"res","id":{},"ok":3}}"#, v["id"]))
+        .await;
     assert_eq!(within(call).await.expect("task").expect("answer"), json!(3));
     within(client.close()).await;
 }

@@ -945,9 +945,11 @@ fn capability_frames_match_the_library() {
     let server = ServerHandshake::with_nonce(v.b32("nonce_s_1"), v.sign()).with_caps(caps);
     let hello = codec::encode(&server.hello());
     shown(&hello, "hello with caps");
-    let mut client =
-        ClientHandshake::with_nonce(v.b32("nonce_c_1"), Identity::default(), v.meta()).with_caps(caps);
-    let auth = client.on_hello(&secret, decode(&hello)).expect("agent accepts hello");
+    let mut client = ClientHandshake::with_nonce(v.b32("nonce_c_1"), Identity::default(), v.meta())
+        .with_caps(caps);
+    let auth = client
+        .on_hello(&secret, decode(&hello))
+        .expect("agent accepts hello");
     let auth_text = codec::encode(&auth);
     shown(&auth_text, "auth with caps");
     let Frame::Auth(auth) = auth else {
@@ -971,9 +973,16 @@ fn capability_frames_match_the_library() {
     for (with, without, tail) in [
         (&hello, v.get("hello_1"), r#","caps":["cancel","note"]}"#),
         (&auth_text, v.get("auth_1"), r#","caps":["cancel","note"]}"#),
-        (&welcome_text, v.get("welcome_1"), r#","caps":["cancel","note"]}"#),
+        (
+            &welcome_text,
+            v.get("welcome_1"),
+            r#","caps":["cancel","note"]}"#,
+        ),
     ] {
-        assert_eq!(with.strip_suffix(tail).map(|t| format!("{t}}}")), Some(without.to_owned()));
+        assert_eq!(
+            with.strip_suffix(tail).map(|t| format!("{t}}}")),
+            Some(without.to_owned())
+        );
     }
     let est = client
         .on_answer(&secret, decode(&welcome_text))

@@ -105,7 +105,8 @@ pub(crate) async fn authenticate(
     ws: &mut WebSocketStream<Stream>,
     d: Dial<'_>,
 ) -> Result<Established, Error> {
-    let mut hs = ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
+    let mut hs =
+        ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
     let hello = transport::recv_frame(ws).await?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,

@@ -192,10 +192,7 @@ pub(crate) enum CallRef<'a> {
     /// `res` with `ok`.
     Ok { id: RequestId, body: &'a RawValue },
     /// `note`.
-    Note {
-        action: &'a str,
-        body: &'a RawValue,
-    },
+    Note { action: &'a str, body: &'a RawValue },
     /// `cancel`.
     Cancel { id: RequestId },
 }

@@ -456,6 +456,31 @@ mod tests {
     }
 
     #[test]
+    fn the_welcome_carries_the_capabilities_both_announced() {
+        let cases = [
+            (Caps::SUPPORTED, Caps::SUPPORTED, Caps::SUPPORTED),
+            (Caps::SUPPORTED, Caps::NOTE, Caps::NOTE),
+            (Caps::SUPPORTED, Caps::NONE, Caps::NONE),
+            (Caps::NONE, Caps::SUPPORTED, Caps::NONE),
+        ];
+        for (server_caps, agent_caps, agreed) in cases {
+            let secret = Secret::from("s");
+            let server = ServerHandshake::new(false).with_caps(server_caps);
+            let mut client =
+                ClientHandshake::new(Identity::default(), Map::new()).with_caps(agent_caps);
+            let Frame::Auth(auth) = client.on_hello(&secret, server.hello()).unwrap() else {
+                panic!("not auth")
+            };
+            let verified = server.verify_auth(&secret, auth).unwrap();
+            assert_eq!(verified.caps(), agent_caps);
+            let (welcome, session) = server.welcome(&secret, &verified, "A1", true, None, LIMITS);
+            assert_eq!(session.caps, agreed);
+            let est = client.on_answer(&secret, welcome).unwrap();
+            assert_eq!(est.session.caps, agreed);
+        }
+    }
+
+    #[test]
     fn wrong_secret_is_refused_with_its_code() {
         let (verified, _, _) = run("right", "wrong", Identity::default());
         let refusal = verified.unwrap_err();

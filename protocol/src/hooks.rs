@@ -31,8 +31,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::codec::null_body;
-use crate::link::serving::CallCtl;
 use crate::error::{codes, HookError};
+use crate::link::serving::CallCtl;
 use crate::log_limit::{clip, LogLimit};
 
 /// Longest part of an action name quoted in an error message or a log line.

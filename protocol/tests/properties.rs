@@ -155,14 +155,16 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             json_object(),
             (hex(), caps())
         )
-            .prop_map(|(nonce, name, claim, meta, (proof, caps))| Frame::Auth(Auth {
-                nonce,
-                name,
-                claim,
-                meta,
-                proof,
-                caps,
-            })),
+            .prop_map(
+                |(nonce, name, claim, meta, (proof, caps))| Frame::Auth(Auth {
+                    nonce,
+                    name,
+                    claim,
+                    meta,
+                    proof,
+                    caps,
+                })
+            ),
         (
             text(),
             any::<bool>(),

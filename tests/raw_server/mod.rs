@@ -51,6 +51,7 @@ impl RawServer {
     /// Accepts one agent and welcomes it as `A0001`.
     pub async fn accept(&self) -> RawLink {
         let (tcp, _) = within(self.listener.accept()).await.expect("accept");
+        #[allow(clippy::result_large_err)]
         let callback = |_: &Request, mut resp: Response| {
             resp.headers_mut().insert(
                 "sec-websocket-protocol",
@@ -66,10 +67,7 @@ impl RawServer {
         within(transport::send_frame(&mut ws, &hs.hello()))
             .await
             .expect("hello");
-        let Frame::Auth(auth) = within(transport::recv_frame(&mut ws))
-            .await
-            .expect("auth")
-        else {
+        let Frame::Auth(auth) = within(transport::recv_frame(&mut ws)).await.expect("auth") else {
             panic!("expected auth")
         };
         let verified = hs.verify_auth(&secret, auth).expect("auth verifies");

@@ -43,7 +43,9 @@ struct Slot {
 
 impl Slot {
     fn token(&mut self) -> CancellationToken {
-        self.token.get_or_insert_with(CancellationToken::new).clone()
+        self.token
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
     }
 }
 
@@ -260,7 +262,9 @@ impl CallCtl {
         match self {
             CallCtl::Req(table, id, serial) => table
                 .with_slot(*id, *serial, |s| {
-                    s.token.as_ref().is_some_and(CancellationToken::is_cancelled)
+                    s.token
+                        .as_ref()
+                        .is_some_and(CancellationToken::is_cancelled)
                 })
                 .unwrap_or(false),
             _ => false,
