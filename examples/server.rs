@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let mut events = server.events();
+    let mut failures = server.handshake_failures();
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
@@ -65,11 +66,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ServerEvent::AgentDisconnected(agent, reason) => {
                     println!("- {} ({reason})", agent.name());
                 }
-                ServerEvent::HandshakeFailed { peer_addr, code } => {
-                    println!("! handshake from {peer_addr} failed: {code}");
-                }
                 _ => {}
             },
+            Ok(f) = failures.recv() => println!("! handshake from {} failed: {}", f.peer_addr, f.code),
             _ = ticker.tick() => {
                 match server.send_all::<_, Value>("ping", &()).await {
                     Ok(results) => {

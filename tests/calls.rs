@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_tunnel::client::ServerHandle;
+use agent_tunnel::protocol::frame::{Frame, Outcome};
 use agent_tunnel::protocol::{Call, Hooks};
 use agent_tunnel::server::Agent;
 use agent_tunnel::{codes, HookError};
@@ -408,4 +409,43 @@ async fn calls_in_flight_fail_at_once_when_the_client_closes() {
     assert_eq!(err.code(), codes::CONNECTION_CLOSED, "{err}");
     let err = within(to_server).await.unwrap().unwrap_err();
     assert_eq!(err.code(), codes::CONNECTION_CLOSED, "{err}");
+}
+
+/// An answer already queued when this side closes the link still goes out,
+/// before the close frame: here the hook disconnects its own caller and
+/// answers at once, so its answer and the close are decided together.
+#[tokio::test]
+async fn an_answer_queued_when_the_link_closes_is_sent_before_the_close() {
+    let server = start_server().await;
+    server.on_hook(
+        "bye",
+        |_: Value, call: agent_tunnel::Call<Agent>| async move {
+            call.peer.disconnect("done here");
+            Ok::<_, HookError>(json!("last words"))
+        },
+    );
+    let (mut ws, _name) = raw_agent(&server).await;
+    send_json(
+        &mut ws,
+        &json!({"t":"req","id":1,"action":"bye","body":null,"timeout_ms":5000}),
+    )
+    .await;
+    let closed = expect_close(&mut ws).await;
+    assert_eq!(
+        closed.code,
+        agent_tunnel::protocol::close::FORCED_DISCONNECT
+    );
+    let answers: Vec<String> = closed
+        .decoded()
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Res(res) if res.id == 1 => match res.outcome {
+                Outcome::Ok(body) => Some(body.get().to_owned()),
+                Outcome::Err(e) => panic!("the hook's answer became {e}"),
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [r#""last words""#]);
+    server.shutdown().await;
 }

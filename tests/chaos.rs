@@ -552,7 +552,12 @@ async fn run(plan: Plan) {
         w.abort();
     }
     server_watch.abort();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    seen.handshake_failures = server
+        .handshake_failure_counts()
+        .into_iter()
+        .map(|(code, n)| (code.to_owned(), n))
+        .collect();
     report(&Report {
         plan: &plan,
         seed,
@@ -816,15 +821,9 @@ async fn watch_server(
 ) {
     while let Some(e) = next_event(&mut events, &seen).await {
         let mut s = seen.lock().unwrap();
-        match e {
-            ServerEvent::AgentDisconnected(a, r) => {
-                s.close(&format!("server's link to {}: {r}", a.name()), r.code);
-                *s.server_disconnects.entry(r.code).or_default() += 1;
-            }
-            ServerEvent::HandshakeFailed { code, .. } => {
-                *s.handshake_failures.entry(code).or_default() += 1;
-            }
-            _ => {}
+        if let ServerEvent::AgentDisconnected(a, r) = e {
+            s.close(&format!("server's link to {}: {r}", a.name()), r.code);
+            *s.server_disconnects.entry(r.code).or_default() += 1;
         }
     }
 }

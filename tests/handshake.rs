@@ -15,7 +15,6 @@ use agent_tunnel::protocol::crypto::{self, Key};
 use agent_tunnel::protocol::frame::{Frame, Limits, Welcome};
 use agent_tunnel::protocol::handshake::{ClientHandshake, Identity, ServerHandshake};
 use agent_tunnel::protocol::{close, codec, codes, transport, Secret, SUBPROTOCOL};
-use agent_tunnel::server::ServerEvent;
 use agent_tunnel::HookError;
 use common::*;
 use futures_util::StreamExt;
@@ -34,7 +33,7 @@ fn hex(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_fails_the_client_with_wrong_secret() {
     let server = start_server().await;
-    let mut events = server.events();
+    let mut failures = server.handshake_failures();
 
     let err = within(
         AgentClient::builder(&url(&server), "not-the-secret")
@@ -45,11 +44,7 @@ async fn wrong_secret_fails_the_client_with_wrong_secret() {
     .expect_err("a wrong secret must not connect");
     assert_eq!(err.code(), codes::WRONG_SECRET, "{err}");
 
-    let code = wait_for(&mut events, |e| match e {
-        ServerEvent::HandshakeFailed { code, .. } => Some(code),
-        _ => None,
-    })
-    .await;
+    let code = wait_for(&mut failures, |f| Some(f.code)).await;
     assert_eq!(code, codes::WRONG_SECRET);
     assert!(server.agents().is_empty());
 }
@@ -225,7 +220,7 @@ async fn a_handshake_past_its_deadline_is_closed_with_4005() {
     // Long enough for the upgrade itself on a loaded machine, short enough
     // to keep the test quick.
     let server = start(server_builder().handshake_timeout(Duration::from_secs(1))).await;
-    let mut events = server.events();
+    let mut failures = server.handshake_failures();
 
     // Upgrade, read the challenge, and never answer it.
     let mut ws = raw_connect(&server).await;
@@ -235,11 +230,7 @@ async fn a_handshake_past_its_deadline_is_closed_with_4005() {
     assert_eq!(closed.code, close::HANDSHAKE_TIMEOUT);
     assert_eq!(closed.code, 4005);
 
-    let code = wait_for(&mut events, |e| match e {
-        ServerEvent::HandshakeFailed { code, .. } => Some(code),
-        _ => None,
-    })
-    .await;
+    let code = wait_for(&mut failures, |f| Some(f.code)).await;
     assert_eq!(code, codes::HANDSHAKE_TIMEOUT);
 }
 
@@ -281,7 +272,7 @@ async fn a_request_before_auth_is_refused_with_4000_and_never_served() {
             Ok::<_, HookError>("leaked")
         }
     });
-    let mut events = server.events();
+    let mut failures = server.handshake_failures();
 
     let mut ws = raw_connect(&server).await;
     let hello = recv_json(&mut ws).await;
@@ -301,11 +292,7 @@ async fn a_request_before_auth_is_refused_with_4000_and_never_served() {
         }
     }
 
-    let code = wait_for(&mut events, |e| match e {
-        ServerEvent::HandshakeFailed { code, .. } => Some(code),
-        _ => None,
-    })
-    .await;
+    let code = wait_for(&mut failures, |f| Some(f.code)).await;
     assert_eq!(code, codes::PROTOCOL_ERROR);
     assert!(!served.load(Ordering::SeqCst), "a hook ran before auth");
 }

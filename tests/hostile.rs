@@ -167,7 +167,7 @@ fn assert_refused(r: &Refused, close: u16, reject: Option<&str>, event: &str, wh
         Vec::from_iter(reject),
         "reject frame for {what}: {r:?}"
     );
-    assert_eq!(r.event, event, "HandshakeFailed code for {what}: {r:?}");
+    assert_eq!(r.event, event, "HandshakeFailure code for {what}: {r:?}");
     if let Some((_, message)) = r.rejects.first() {
         // Section 12: after a reject, the close reason is its message (cut
         // to the 123 bytes a close frame can hold).
@@ -183,7 +183,7 @@ fn assert_refused(r: &Refused, close: u16, reject: Option<&str>, event: &str, wh
 /// Opens a WebSocket, reads `hello` (or not), sends `msg` where `auth`
 /// belongs, and returns how the server refused the connection.
 async fn refused_pre_auth(h: &Harness, read_hello: bool, msg: Message) -> Refused {
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut ws = raw_connect(&h.server).await;
     let peer = peer_of(&ws);
     if read_hello {
@@ -195,14 +195,14 @@ async fn refused_pre_auth(h: &Harness, read_hello: bool, msg: Message) -> Refuse
         close: closed.code,
         reason: closed.reason.clone(),
         rejects: reject_frames(&closed.frames),
-        event: handshake_failed(&mut events, peer).await,
+        event: handshake_failed(&mut failures, peer).await,
     }
 }
 
 /// Answers `hello` with the `auth` a client with `identity` would send,
 /// changed by `tweak`, and returns how the server refused it.
 async fn refused_auth(h: &Harness, identity: Identity, tweak: impl FnOnce(&mut Auth)) -> Refused {
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut ws = raw_connect(&h.server).await;
     let peer = peer_of(&ws);
     let mut hs = ClientHandshake::new(identity, Map::new());
@@ -219,7 +219,7 @@ async fn refused_auth(h: &Harness, identity: Identity, tweak: impl FnOnce(&mut A
         close: closed.code,
         reason: closed.reason.clone(),
         rejects: reject_frames(&closed.frames),
-        event: handshake_failed(&mut events, peer).await,
+        event: handshake_failed(&mut failures, peer).await,
     }
 }
 
@@ -256,12 +256,12 @@ async fn closed_post_auth(h: &Harness, msg: Message) -> (u16, u16) {
 }
 
 /// Upgrades by hand, reads `hello`, writes `bytes` where `auth` belongs,
-/// and returns the server's close frame and its `HandshakeFailed` code.
+/// and returns the server's close frame and its `HandshakeFailure` code.
 /// With `reply`, the close is answered; without, the socket is dropped
 /// (for attacks that left a frame half-sent, after which a reply would be
 /// read as its payload).
 async fn wire_pre_auth(h: &Harness, bytes: &[u8], reply: bool) -> (WireClosed, String) {
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut w = Wire::upgrade(h.addr()).await;
     let peer = w.local_addr();
     let hello: Value = serde_json::from_str(&w.rx.read_text().await).expect("hello");
@@ -273,7 +273,7 @@ async fn wire_pre_auth(h: &Harness, bytes: &[u8], reply: bool) -> (WireClosed, S
         w.rx.expect_close_frame().await
     };
     drop(w);
-    (closed, handshake_failed(&mut events, peer).await)
+    (closed, handshake_failed(&mut failures, peer).await)
 }
 
 /// Authenticates by hand, writes `bytes`, and returns the server's close
@@ -318,12 +318,13 @@ async fn read_busy(ws: &mut RawWs, n: usize) -> BTreeSet<u64> {
 /// digits: `reject WRONG_SECRET`, close 4001.
 async fn attack_wrong_secret(h: &Harness) {
     for name in [None, Some(h.good.name.clone())] {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let mut ws = raw_connect(&h.server).await;
         let peer = peer_of(&ws);
         let identity = Identity {
             name: name.clone(),
             token: None,
+            bind: None,
         };
         let err = raw_handshake(&mut ws, "not-the-secret", identity)
             .await
@@ -333,7 +334,7 @@ async fn attack_wrong_secret(h: &Harness) {
         assert_eq!(closed.code, close::AUTH_FAILED, "{closed:?}");
         assert!(!closed.reason.contains(SECRET));
         assert_eq!(
-            handshake_failed(&mut events, peer).await,
+            handshake_failed(&mut failures, peer).await,
             codes::WRONG_SECRET
         );
     }
@@ -418,6 +419,7 @@ async fn attack_name_takeover(h: &Harness) {
             let identity = Identity {
                 name: Some(target.clone()),
                 token,
+                bind: None,
             };
             let r = refused_auth(h, identity, |_| {}).await;
             assert_refused(
@@ -431,6 +433,7 @@ async fn attack_name_takeover(h: &Harness) {
         let identity = Identity {
             name: Some(target.clone()),
             token: None,
+            bind: None,
         };
         let r = refused_auth(h, identity, |a| a.claim = Some("zz".repeat(32))).await;
         assert_refused(
@@ -770,15 +773,15 @@ async fn attack_duplicate_ids(h: &Harness) {
 }
 
 /// Sends `bytes` on a fresh TCP connection and returns what came back
-/// before the server dropped it, with the `HandshakeFailed` code.
+/// before the server dropped it, with the `HandshakeFailure` code.
 async fn garbage(h: &Harness, bytes: &[u8]) -> (Vec<u8>, String) {
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut w = Wire::connect(h.addr()).await;
     let peer = w.local_addr();
     // The server may drop the connection before all of it is written.
     let _ = w.tx.try_send_raw(bytes).await;
     let got = w.rx.expect_dropped().await;
-    (got, handshake_failed(&mut events, peer).await)
+    (got, handshake_failed(&mut failures, peer).await)
 }
 
 /// Binary messages, WebSocket protocol violations, and bytes that are not
@@ -874,7 +877,7 @@ async fn attack_binary_garbage(h: &Harness) {
 
     // Header lines without end: cut off after the WebSocket library's 64 KiB
     // cap on a request head, not buffered until the deadline.
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut w = Wire::connect(h.addr()).await;
     let peer = w.local_addr();
     w.tx.send_raw(b"GET / HTTP/1.1\r\n").await;
@@ -897,14 +900,17 @@ async fn attack_binary_garbage(h: &Harness) {
         }
     };
     assert!(got.is_empty(), "no response to an endless request head");
-    assert_eq!(handshake_failed(&mut events, peer).await, codes::TRANSPORT);
+    assert_eq!(
+        handshake_failed(&mut failures, peer).await,
+        codes::TRANSPORT
+    );
 }
 
 /// The upgrade request, and then an `auth` frame, trickled one byte per
 /// tick: dropped (upgrade) or closed with 4005 (auth) at the deadline.
 async fn attack_slowloris(h: &Harness) {
     let upgrade = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut w = Wire::connect(h.addr()).await;
         let peer = w.local_addr();
@@ -935,13 +941,13 @@ async fn attack_slowloris(h: &Harness) {
             String::from_utf8_lossy(&got)
         );
         assert_eq!(
-            handshake_failed(&mut events, peer).await,
+            handshake_failed(&mut failures, peer).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
 
     let auth = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut w = Wire::upgrade(h.addr()).await;
         let peer = w.local_addr();
@@ -973,7 +979,7 @@ async fn attack_slowloris(h: &Harness) {
         // frame. Hang up instead, so the server need not wait for one.
         drop(w);
         assert_eq!(
-            handshake_failed(&mut events, peer).await,
+            handshake_failed(&mut failures, peer).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
@@ -986,19 +992,19 @@ async fn attack_slowloris(h: &Harness) {
 /// closed with 4005 (after it) at the deadline.
 async fn attack_never_finished(h: &Harness) {
     let silent_tcp = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut w = Wire::connect(h.addr()).await;
         let got = w.rx.expect_dropped().await;
         assert_at_deadline(t0.elapsed(), "silent TCP connection");
         assert!(got.is_empty());
         assert_eq!(
-            handshake_failed(&mut events, w.local_addr()).await,
+            handshake_failed(&mut failures, w.local_addr()).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
     let unfinished_upgrade = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut w = Wire::connect(h.addr()).await;
         let request = upgrade_request(h.addr());
@@ -1007,12 +1013,12 @@ async fn attack_never_finished(h: &Harness) {
         assert_at_deadline(t0.elapsed(), "upgrade without its blank line");
         assert!(got.is_empty());
         assert_eq!(
-            handshake_failed(&mut events, w.local_addr()).await,
+            handshake_failed(&mut failures, w.local_addr()).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
     let no_auth = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut ws = raw_connect(&h.server).await;
         let peer = peer_of(&ws);
@@ -1022,12 +1028,12 @@ async fn attack_never_finished(h: &Harness) {
         assert_eq!(closed.code, close::HANDSHAKE_TIMEOUT, "{closed:?}");
         assert!(rejects(&closed.frames).is_empty());
         assert_eq!(
-            handshake_failed(&mut events, peer).await,
+            handshake_failed(&mut failures, peer).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
     let half_auth = async {
-        let mut events = h.server.events();
+        let mut failures = h.server.handshake_failures();
         let t0 = Instant::now();
         let mut w = Wire::upgrade(h.addr()).await;
         let peer = w.local_addr();
@@ -1041,7 +1047,7 @@ async fn attack_never_finished(h: &Harness) {
         assert!(rejects(&closed.texts).is_empty());
         drop(w);
         assert_eq!(
-            handshake_failed(&mut events, peer).await,
+            handshake_failed(&mut failures, peer).await,
             codes::HANDSHAKE_TIMEOUT
         );
     };
@@ -1051,7 +1057,7 @@ async fn attack_never_finished(h: &Harness) {
 /// `count` TCP connections that never send a byte, all at once: each is
 /// dropped at its handshake deadline without a response.
 async fn attack_half_open(h: &Harness, count: usize) {
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
     let mut opened = Vec::new();
     for _ in 0..count {
         let t0 = Instant::now();
@@ -1067,10 +1073,10 @@ async fn attack_half_open(h: &Harness, count: usize) {
         assert!(got.is_empty(), "a half-open connection got {got:?}");
         assert_at_deadline(elapsed, "half-open connection");
     }
-    let failures = handshake_failures(&mut events, &peers).await;
+    let got = handshake_failures(&mut failures, &peers).await;
     assert!(
-        failures.values().all(|c| c == codes::HANDSHAKE_TIMEOUT),
-        "{failures:?}"
+        got.values().all(|c| c == codes::HANDSHAKE_TIMEOUT),
+        "{got:?}"
     );
 }
 
@@ -1277,7 +1283,7 @@ async fn half_open_connections_are_bounded_and_closed_at_the_deadline() {
         let server = h.server.clone();
         Peak::watch(move || server.stats().handshakes)
     };
-    let mut events = h.server.events();
+    let mut failures = h.server.handshake_failures();
 
     let mut admitted = Vec::new();
     for _ in 0..BOUND {
@@ -1316,16 +1322,14 @@ async fn half_open_connections_are_bounded_and_closed_at_the_deadline() {
         assert!(got.is_empty(), "a half-open connection got {got:?}");
         assert_at_deadline(elapsed, "admitted half-open connection");
     }
-    let failures = handshake_failures(&mut events, &peers).await;
+    let got = handshake_failures(&mut failures, &peers).await;
     assert!(
-        failures.values().all(|c| c == codes::HANDSHAKE_TIMEOUT),
-        "{failures:?}"
+        got.values().all(|c| c == codes::HANDSHAKE_TIMEOUT),
+        "{got:?}"
     );
     // The extras never reached a handshake, so no event names them.
-    while let Ok(e) = events.try_recv() {
-        if let ServerEvent::HandshakeFailed { peer_addr, .. } = e {
-            assert!(!extra_peers.contains(&peer_addr), "{e:?}");
-        }
+    while let Ok(f) = failures.try_recv() {
+        assert!(!extra_peers.contains(&f.peer_addr), "{f:?}");
     }
     h.wait_stats("every slot free", |s| s.handshakes == 0).await;
 
@@ -1378,7 +1382,13 @@ async fn a_request_flood_past_the_in_flight_limit_gets_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_at_once_leaves_the_good_agent_unharmed() {
     const BOUND: usize = 256;
-    let h = Harness::start(hostile().max_pending_handshakes(BOUND)).await;
+    // Every attacker is on 127.0.0.1, so its share may be the whole bound.
+    let h = Harness::start(
+        hostile()
+            .max_pending_handshakes(BOUND)
+            .max_pending_handshakes_per_ip(BOUND),
+    )
+    .await;
     let calls = h.keep_calling("all-at-once", MAX_ROUNDS);
     let peak = {
         let server = h.server.clone();

@@ -1,7 +1,8 @@
 //! Issue 2, item 2: naming. The `name_format` counter, `first_time`, name
 //! reclaim with the stored token, `DUPLICATE_ID`, `NAME_TAKEN` for a claim
 //! without the token, names of the agent's own choosing, and no name given
-//! twice across a server restart with a `FileStore`.
+//! twice across a server restart with a `FileStore`. Issue 8: a first-time
+//! grant given again to the agent that proves its `bind`.
 
 mod common;
 
@@ -198,6 +199,7 @@ async fn a_raw_duplicate_is_closed_with_4003() {
         Identity {
             name: Some(name),
             token: Some(token),
+            bind: None,
         },
     )
     .await
@@ -252,6 +254,7 @@ async fn a_forged_claim_is_refused_with_4004() {
         Identity {
             name: Some(name),
             token: Some(Key::random()),
+            bind: None,
         },
     )
     .await
@@ -347,4 +350,104 @@ async fn a_name_is_never_given_twice_across_a_server_restart() {
     .await;
     assert_eq!(a.name().as_deref(), Some("A0001"));
     assert!(!second.agent("A0001").unwrap().first_time());
+}
+
+/// Does one raw handshake with `identity` and drops the connection.
+async fn raw_try(
+    server: &AgentServer,
+    identity: Identity,
+) -> Result<agent_tunnel::protocol::handshake::Established, agent_tunnel::Error> {
+    let mut ws = raw_connect(server).await;
+    raw_handshake(&mut ws, SECRET, identity).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_first_welcome_was_lost_gets_the_same_grant_with_its_bind() {
+    let server = start_server().await;
+    let mut events = server.events();
+    let bind = Key::random();
+    let lost = Identity {
+        name: Some("lost-welcome".into()),
+        token: None,
+        bind: Some(bind.clone()),
+    };
+    // The welcome is read here, but the agent is taken not to have got it.
+    let first = raw_try(&server, lost.clone()).await.expect("welcome");
+    assert!(first.first_time);
+    wait_disconnected(&mut events, "lost-welcome").await;
+
+    // The same bind: the same grant, token and all.
+    let again = raw_try(&server, lost.clone())
+        .await
+        .expect("the same grant");
+    assert_eq!(again.name, "lost-welcome");
+    assert!(again.first_time);
+    assert_eq!(again.identity.token, first.identity.token);
+    assert_eq!(again.identity.bind, None, "a token replaces the bind");
+    wait_disconnected(&mut events, "lost-welcome").await;
+
+    // Another bind, or none: the name is someone else's.
+    for other in [Some(Key::random()), None] {
+        let err = raw_try(
+            &server,
+            Identity {
+                bind: other,
+                ..lost.clone()
+            },
+        )
+        .await
+        .expect_err("only the bind of the grant repeats it");
+        assert_eq!(err.code(), codes::NAME_TAKEN, "{err}");
+    }
+
+    // Once the agent reclaims the name with its token, the bind is spent.
+    let reclaim = raw_try(&server, again.identity.clone())
+        .await
+        .expect("reclaim");
+    assert!(!reclaim.first_time);
+    wait_disconnected(&mut events, "lost-welcome").await;
+    let err = raw_try(&server, lost).await.expect_err("the bind is spent");
+    assert_eq!(err.code(), codes::NAME_TAKEN, "{err}");
+
+    // An assigned name: the same number again, and the counter moves on
+    // only for other agents.
+    let assigned = Identity {
+        bind: Some(Key::random()),
+        ..Identity::default()
+    };
+    let first = raw_try(&server, assigned.clone()).await.expect("welcome");
+    assert_eq!(first.name, "A0001");
+    wait_disconnected(&mut events, "A0001").await;
+    let again = raw_try(&server, assigned).await.expect("the same grant");
+    assert_eq!(again.name, "A0001");
+    assert!(again.first_time);
+    assert_eq!(again.identity.token, first.identity.token);
+    let (_other, other) = connect_plain(&server).await;
+    assert_eq!(other, "A0002");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_bind_is_a_protocol_error() {
+    use agent_tunnel::protocol::frame::Frame;
+    use agent_tunnel::protocol::handshake::ClientHandshake;
+    use agent_tunnel::protocol::{transport, Secret};
+
+    let server = start_server().await;
+    let mut ws = raw_connect(&server).await;
+    let hello = within(transport::recv_frame(&mut ws)).await.unwrap();
+    let mut hs = ClientHandshake::new(Identity::default(), Default::default());
+    let Frame::Auth(mut auth) = hs.on_hello(&Secret::from(SECRET), hello).unwrap() else {
+        panic!("not auth")
+    };
+    auth.bind = Some("not hex".into());
+    within(transport::send_frame(&mut ws, &Frame::Auth(auth)))
+        .await
+        .unwrap();
+    let closed = expect_close(&mut ws).await;
+    assert_eq!(closed.code, close::PROTOCOL_ERROR);
+    assert!(
+        matches!(closed.decoded().as_slice(), [Frame::Reject(r)] if r.code == codes::PROTOCOL_ERROR),
+        "{closed:?}"
+    );
+    assert!(server.agents().is_empty());
 }

@@ -23,7 +23,7 @@ use agent_protocol::codec;
 use agent_protocol::codes;
 use agent_protocol::crypto::{self, Key, Secret};
 use agent_protocol::frame::{Frame, Limits, PROTOCOL_VERSION, SUBPROTOCOL};
-use agent_protocol::handshake::{ClientHandshake, Identity, ServerHandshake};
+use agent_protocol::handshake::{ClientHandshake, Identity, Refusal, ServerHandshake};
 use agent_protocol::link::{self, LinkConfig};
 use agent_protocol::name::{is_valid_name, MAX_NAME_LEN};
 use agent_protocol::signed::{self, SignError, Signer, Verifier};
@@ -48,6 +48,7 @@ const KEYS: &[&str] = &[
     "tag_claim",
     "tag_session",
     "tag_frame",
+    "tag_reject",
     "direction_server_to_agent",
     "direction_agent_to_server",
     "hello_1",
@@ -84,6 +85,11 @@ const KEYS: &[&str] = &[
     "welcome_2",
     "session_input_2",
     "session_key_2",
+    "reject_code",
+    "reject_message",
+    "reject_proof_input_2",
+    "reject_proof_2",
+    "reject_2",
     "subprotocol",
     "protocol_version",
     "max_name_bytes",
@@ -429,6 +435,18 @@ fn documented_layouts_rebuild_every_mac_input_and_value() {
         &v.b32("name_token"),
         "claim_2",
     );
+    check(
+        "reject_proof_input_2",
+        [
+            tag("tag_reject"),
+            v.b32("nonce_s_2").to_vec(),
+            v.b32("nonce_c_2").to_vec(),
+            len32(v.get("reject_code").as_bytes()),
+        ]
+        .concat(),
+        &secret,
+        "reject_proof_2",
+    );
 
     let session = v.b32("session_key_1");
     for &(label, direction, seq) in SIGNED {
@@ -514,6 +532,15 @@ fn documented_layouts_rebuild_every_mac_input_and_value() {
             v.get("server_proof_2")
         )
     );
+    assert_eq!(
+        v.get("reject_2"),
+        format!(
+            r#"{{"t":"reject","code":"{}","message":"{}","proof":"{}"}}"#,
+            v.get("reject_code"),
+            v.get("reject_message"),
+            v.get("reject_proof_2")
+        )
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -545,6 +572,7 @@ fn library_constants_match_the_document() {
         ("tag_claim", crypto::TAG_CLAIM),
         ("tag_session", crypto::TAG_SESSION),
         ("tag_frame", crypto::TAG_FRAME),
+        ("tag_reject", crypto::TAG_REJECT),
     ];
     for (key, tag) in tags {
         assert_eq!(v.get(key).as_bytes(), tag, "{key}");
@@ -759,6 +787,7 @@ fn reclaim_matches_the_library() {
     let identity = Identity {
         name: Some(name.to_owned()),
         token: Some(token.clone()),
+        bind: None,
     };
     let mut client = ClientHandshake::with_nonce(nc, identity, v.meta());
     let auth = client
@@ -803,6 +832,67 @@ fn reclaim_matches_the_library() {
 }
 
 #[test]
+fn proven_refusal_matches_the_library() {
+    let v = Vectors::load();
+    let secret = v.secret();
+    let (ns, nc) = (v.b32("nonce_s_2"), v.b32("nonce_c_2"));
+    let name = v.get("name_1");
+    let code = v.get("reject_code");
+    assert_eq!(code, codes::REVOKED);
+    assert_eq!(
+        hex(&crypto::reject_proof_input(&secret, &ns, &nc, code).finish()),
+        v.get("reject_proof_2")
+    );
+
+    // The server of the second connection, having verified auth_2, proves
+    // the refusal it makes with the message it makes.
+    let server = ServerHandshake::with_nonce(ns, v.sign());
+    let Frame::Auth(auth) = decode(v.get("auth_2")) else {
+        panic!("auth_2 is not an auth frame")
+    };
+    let verified = server
+        .verify_auth(&secret, auth)
+        .expect("server accepts the documented auth");
+    let refusal = Refusal::new(codes::REVOKED, v.get("reject_message"), close::REVOKED);
+    let proven = server.prove_refusal(&secret, &verified, refusal);
+    assert!(proven.is_proven());
+    assert_eq!(codec::encode(&proven.frame()), v.get("reject_2"));
+
+    // The agent of the second connection checks it.
+    let identity = Identity {
+        name: Some(name.to_owned()),
+        token: Some(Key::from_bytes(v.b32("name_token"))),
+        bind: None,
+    };
+    let mut client = ClientHandshake::with_nonce(nc, identity, v.meta());
+    client
+        .on_hello(&secret, decode(v.get("hello_2")))
+        .expect("agent accepts the documented hello");
+    let Frame::Reject(reject) = decode(v.get("reject_2")) else {
+        panic!("reject_2 is not a reject frame")
+    };
+    assert!(client.reject_is_proven(&secret, &reject));
+    let err = client
+        .on_answer(&secret, Frame::Reject(reject.clone()))
+        .expect_err("a reject fails the handshake");
+    assert_eq!(err.code(), codes::REVOKED);
+    // Not under another secret, not relabelled, not without its proof, not
+    // on the first connection's nonces.
+    assert!(!client.reject_is_proven(&Secret::from("not the secret"), &reject));
+    let mut relabelled = reject.clone();
+    relabelled.code = codes::NAME_TAKEN.into();
+    assert!(!client.reject_is_proven(&secret, &relabelled));
+    let mut bare = reject.clone();
+    bare.proof = None;
+    assert!(!client.reject_is_proven(&secret, &bare));
+    let mut other = ClientHandshake::with_nonce(v.b32("nonce_c_1"), Identity::default(), v.meta());
+    other
+        .on_hello(&secret, decode(v.get("hello_1")))
+        .expect("agent accepts the documented hello");
+    assert!(!other.reject_is_proven(&secret, &reject));
+}
+
+#[test]
 fn every_json_example_round_trips_through_the_codec() {
     let text = doc();
     let v = Vectors::load();
@@ -832,6 +922,7 @@ fn every_json_example_round_trips_through_the_codec() {
         "hello_2",
         "auth_2",
         "welcome_2",
+        "reject_2",
     ] {
         assert_eq!(codec::encode(&decode(v.get(key))), v.get(key), "{key}");
         assert!(

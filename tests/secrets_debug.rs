@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use agent_tunnel::protocol::crypto::Key;
 use agent_tunnel::protocol::frame::{Frame, Limits};
-use agent_tunnel::protocol::handshake::{ClientHandshake, Identity, ServerHandshake};
+use agent_tunnel::protocol::handshake::{ClientHandshake, Identity, Refusal, ServerHandshake};
 use agent_tunnel::protocol::{MemoryStore, NameStore, Secret};
 use agent_tunnel::server::AgentServer;
 use common::*;
@@ -45,12 +45,14 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
     let server_key = Key::random();
     let name = "web-1";
     let token = agent_tunnel::protocol::crypto::name_token(&server_key, name);
+    let bind = Key::random();
 
     let server = ServerHandshake::new(true);
     let mut client = ClientHandshake::new(
         Identity {
             name: Some(name.into()),
             token: Some(token.clone()),
+            bind: Some(bind.clone()),
         },
         Map::new(),
     );
@@ -74,8 +76,44 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
     };
     let server_proof = welcome_frame.proof.clone();
     let established = client.on_answer(&secret, welcome.clone()).expect("welcome");
+    let refusal = server.prove_refusal(
+        &secret,
+        &verified,
+        Refusal::new(
+            "NAME_TAKEN",
+            "taken",
+            agent_tunnel::protocol::close::NAME_REFUSED,
+        ),
+    );
+    let reject = refusal.frame();
+    let Frame::Reject(reject_frame) = reject.clone() else {
+        panic!("not reject")
+    };
+    let reject_proof = reject_frame.proof.clone().expect("a proven refusal");
+
+    // A first connection sends its bind instead of a claim.
+    let mut first = ClientHandshake::new(
+        Identity {
+            name: Some("web-2".into()),
+            token: None,
+            bind: Some(bind.clone()),
+        },
+        Map::new(),
+    );
+    let first_auth = first.on_hello(&secret, server.hello()).expect("auth");
+    let Frame::Auth(first_auth_frame) = first_auth.clone() else {
+        panic!("not auth")
+    };
+    assert_eq!(
+        first_auth_frame.bind.as_deref(),
+        Some(bind.to_hex().as_str())
+    );
+    let first_verified = server
+        .verify_auth(&secret, first_auth_frame.clone())
+        .expect("proof verifies");
 
     let secrets = vec![
+        bind.to_hex(),
         secret_text.to_owned(),
         server_key.to_hex(),
         token.to_hex(),
@@ -83,6 +121,7 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
         proof,
         claim,
         server_proof,
+        reject_proof,
     ];
     check("Secret", &secret, &secrets);
     check("Key (server key)", &server_key, &secrets);
@@ -92,6 +131,13 @@ async fn handshake_values_redact_proofs_tokens_claims_and_keys() {
     check("VerifiedAuth", &verified, &secrets);
     check("Frame::Welcome", &welcome, &secrets);
     check("Welcome", &welcome_frame, &secrets);
+    check("Frame::Auth (bind)", &first_auth, &secrets);
+    check("Auth (bind)", &first_auth_frame, &secrets);
+    check("VerifiedAuth (bind)", &first_verified, &secrets);
+    check("ClientHandshake (bind)", &first, &secrets);
+    check("Refusal", &refusal, &secrets);
+    check("Frame::Reject", &reject, &secrets);
+    check("Reject", &reject_frame, &secrets);
     check("Session", &session, &secrets);
     check("Established", &established, &secrets);
     check("Identity", &established.identity, &secrets);

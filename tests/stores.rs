@@ -235,3 +235,197 @@ async fn the_client_keeps_its_name_and_token_in_its_store() {
     assert!(text.contains(&client.name().unwrap()), "{text}");
     assert!(!text.contains(SECRET), "{text}");
 }
+
+// ------------------------------------------------------------------ issue 8
+// Item 12: a client store that cannot save.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_with_store_when_the_first_name_cannot_be_saved() {
+    let server = start_server().await;
+    let mut events = server.events();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("agent.json");
+
+    let err = within(
+        client_builder(&server)
+            .store(FileStore::new(&path))
+            .reconnect(Backoff::disabled())
+            .connect(),
+    )
+    .await
+    .expect_err("a name the agent cannot keep must fail connect");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+
+    // The server welcomed the agent, then saw it close with 1011: no live
+    // agent is left behind.
+    let name = wait_for(&mut events, |e| match e {
+        ServerEvent::AgentConnected(a) => Some(a.name().to_owned()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        wait_disconnected(&mut events, &name).await,
+        agent_tunnel::protocol::close::INTERNAL_ERROR
+    );
+    assert!(server.agents().is_empty());
+    assert!(!path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_retries_an_unsaved_first_name_and_keeps_it_once_the_store_works() {
+    use agent_tunnel::client::ClientEvent;
+
+    let server = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let path = missing.join("agent.json");
+    let builder = client_builder(&server)
+        .store(FileStore::new(&path))
+        .reconnect(
+            Backoff::default()
+                .initial_delay(std::time::Duration::from_millis(10))
+                .max_delay(std::time::Duration::from_millis(50)),
+        );
+    let mut events = builder.events();
+    let client = within(builder.start()).await.unwrap();
+    // Two attempts fail on the store; the client is never ready meanwhile.
+    let mut failures = 0;
+    wait_for(&mut events, |e| match e {
+        ClientEvent::Error(e) if e.code() == codes::STORE => {
+            failures += 1;
+            (failures == 2).then_some(())
+        }
+        ClientEvent::Ready { name, .. } => panic!("ready as {name} with an unsaved name"),
+        ClientEvent::GaveUp(e) => panic!("gave up: {e}"),
+        _ => None,
+    })
+    .await;
+    assert!(!client.is_ready());
+
+    // Once the directory exists, the agent is ready under the name it was
+    // given first (reclaimed, not a new one), and that name is stored.
+    std::fs::create_dir(&missing).unwrap();
+    let (name, first_time) = wait_for(&mut events, |e| match e {
+        ClientEvent::Ready { name, first_time } => Some((name, first_time)),
+        ClientEvent::GaveUp(e) => panic!("gave up: {e}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(name, "A0001", "no name was burnt on the failed saves");
+    assert!(!first_time, "the name given first is reclaimed");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    assert!(doc.contains("A0001"), "{doc}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_save_failure_is_reported_and_the_agent_stays_online() {
+    use agent_tunnel::client::ClientEvent;
+    use agent_tunnel::HookError;
+
+    let s1 = start_server().await;
+    let addr = s1.local_addr();
+    let store = Arc::new(Flaky::default());
+    let builder = client_builder(&s1).store_arc(store.clone()).reconnect(
+        Backoff::default()
+            .initial_delay(std::time::Duration::from_millis(10))
+            .max_delay(std::time::Duration::from_millis(50)),
+    );
+    let mut events = builder.events();
+    let client = connect(&s1, builder).await;
+    assert_eq!(client.name().as_deref(), Some("A0001"));
+
+    // The store breaks, and the server restarts with an empty store: the
+    // agent must take a new name it cannot save.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    within(s1.shutdown()).await;
+    let s2 = within(server_builder().start(addr)).await.unwrap();
+    s2.on_hook("whoami", |_: Value, call| async move {
+        Ok::<_, HookError>(call.peer.name().to_owned())
+    });
+    let mut store_errors = 0;
+    let new = wait_for(&mut events, |e| match e {
+        ClientEvent::Error(e) if e.code() == codes::STORE => {
+            store_errors += 1;
+            None
+        }
+        ClientEvent::Renamed { new, .. } => Some(new),
+        ClientEvent::GaveUp(e) => panic!("gave up: {e}"),
+        _ => None,
+    })
+    .await;
+    within(client.wait_ready(LIMIT)).await.unwrap();
+    // Reported: the failed drop of the stale name before the new
+    // handshake, and the failed save of the new one right after it.
+    let rest: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let after = rest
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Error(e) if e.code() == codes::STORE))
+        .count();
+    assert!(store_errors + after >= 2, "{store_errors} + {rest:?}");
+    assert!(!rest.iter().any(|e| matches!(e, ClientEvent::GaveUp(_))));
+    // Online under the new name, kept in memory.
+    let me: String = within(client.send("whoami", &())).await.unwrap();
+    assert_eq!(me, new);
+    assert!(client.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_save_failed_is_given_on_the_retry() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let once = |name: Option<&str>| {
+        let b = client_builder(&server).reconnect(Backoff::disabled());
+        match name {
+            Some(n) => b.name(n),
+            None => b,
+        }
+    };
+
+    // A chosen name: refused with STORE, then the retry gets it, new.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(once(Some("keeper")).connect())
+        .await
+        .expect_err("an unsaved name must not be handed out");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    store.fail_saves.store(false, Ordering::SeqCst);
+    let keeper = connect(&server, once(Some("keeper"))).await;
+    assert_eq!(keeper.name().as_deref(), Some("keeper"));
+    assert!(server.agent("keeper").unwrap().first_time());
+
+    // An assigned name: the number whose save failed is not burned.
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(once(None).connect())
+        .await
+        .expect_err("an unsaved name must not be handed out");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    store.fail_saves.store(false, Ordering::SeqCst);
+    let (_first, first) = connect_plain(&server).await;
+    assert_eq!(first, "A0001");
+    let (_second, second) = connect_plain(&server).await;
+    assert_eq!(second, "A0002");
+    // And what the store holds agrees.
+    let doc = store.doc.lock().unwrap().clone().expect("saved");
+    assert_eq!(doc["next"], 3, "{doc}");
+    assert_eq!(doc["chosen"], serde_json::json!(["keeper"]), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_cannot_be_saved_changes_nothing() {
+    let store = Arc::new(Flaky::default());
+    let server = start(server_builder().store_arc(store.clone())).await;
+    let (client, name) = connect_plain(&server).await;
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let err = within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect_err("an unsaved revocation must not take effect");
+    assert_eq!(err.code(), codes::STORE, "{err}");
+    assert!(!server.is_revoked(&name));
+    assert!(server.agent(&name).is_some_and(|a| a.is_connected()));
+    assert!(client.is_ready());
+    store.fail_saves.store(false, Ordering::SeqCst);
+    within(server.revoke(&name, "decommissioned"))
+        .await
+        .expect("revoked");
+    assert!(server.is_revoked(&name));
+}

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use agent_tunnel::client::{AgentClient, Backoff};
-use agent_tunnel::server::{AgentServer, ServerEvent};
+use agent_tunnel::server::AgentServer;
 use agent_tunnel::HookError;
 use serde_json::{json, Value};
 use support::certs::pki;
@@ -65,7 +65,7 @@ async fn wrong_ca_and_plain_clients_fail_cleanly_without_disturbing_others() {
         .await
         .unwrap();
     let port = server.local_addr().port();
-    let mut events = server.events();
+    let mut failures = server.handshake_failures();
     let good = client(&format!("wss://localhost:{port}"))
         .tls_ca_pem(pki.ca_pem.clone())
         .connect()
@@ -93,12 +93,9 @@ async fn wrong_ca_and_plain_clients_fail_cleanly_without_disturbing_others() {
         .unwrap_err();
     assert_eq!(err.code(), "TRANSPORT", "{err}");
     wait_for(
-        &mut events,
-        "HandshakeFailed for the plain client",
-        |e| match e {
-            ServerEvent::HandshakeFailed { code, .. } if code == "TRANSPORT" => Some(()),
-            _ => None,
-        },
+        &mut failures,
+        "a handshake failure for the plain client",
+        |f| (f.code == "TRANSPORT").then_some(()),
     )
     .await;
 
@@ -170,4 +167,109 @@ async fn bad_tls_files_are_a_clear_config_error() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "CONFIG", "{err}");
+}
+
+// ------------------------------------------------------------------ issue 8
+
+/// Item 16: naming a CA trusts that CA alone (the web roots come back only
+/// on request; the unit tests in agent-client's tls.rs count the roots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_ca_alone_is_trusted_and_web_roots_come_back_only_on_request() {
+    let pki = pki("private CA");
+    let server = AgentServer::builder()
+        .secret(SECRET)
+        .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    // The private CA, from a file, alone: trusted.
+    let only = client(&url)
+        .tls_ca_pem_file(&ca_file)
+        .connect()
+        .await
+        .unwrap();
+    only.close().await;
+    // Beside the web roots: trusted too.
+    let both = client(&url)
+        .tls_ca_pem(pki.ca_pem.clone())
+        .tls_web_roots(true)
+        .connect()
+        .await
+        .unwrap();
+    both.close().await;
+    // Another private CA, even with the web roots: refused.
+    for web_roots in [false, true] {
+        let err = client(&url)
+            .tls_ca_pem(pki_other())
+            .tls_web_roots(web_roots)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "TRANSPORT", "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+    server.shutdown().await;
+}
+
+/// Item 13: over wss:// the channel authenticates the server, so its
+/// refusals are final at once: a wrong secret, and a revocation's close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_wss_a_wrong_secret_and_a_revocation_are_final_at_once() {
+    use agent_tunnel::client::ClientEvent;
+
+    let pki = pki("final CA");
+    let server = AgentServer::builder()
+        .secret(SECRET)
+        .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let fast = Backoff::default()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(50));
+
+    let wrong = AgentClient::builder(&url, "not the secret")
+        .tls_ca_pem(pki.ca_pem.clone())
+        .reconnect(fast.clone());
+    let mut events = wrong.events();
+    let _wrong = soon("start", wrong.start()).await.unwrap();
+    let mut attempts = 0;
+    let why = wait_for(&mut events, "GaveUp", |e| match e {
+        ClientEvent::Connected => {
+            attempts += 1;
+            None
+        }
+        ClientEvent::GaveUp(err) => Some(err.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(why.code(), "WRONG_SECRET", "{why}");
+    assert_eq!(attempts, 1, "given up after the first refusal");
+
+    let builder = client(&url).tls_ca_pem(pki.ca_pem.clone()).reconnect(fast);
+    let mut events = builder.events();
+    let agent = builder.connect().await.unwrap();
+    let name = agent.name().unwrap();
+    server.revoke(&name, "decommissioned").await.unwrap();
+    let mut after_close = Vec::new();
+    let mut closed = false;
+    let why = wait_for(&mut events, "GaveUp", |e| {
+        match e {
+            ClientEvent::Disconnected(r) if r.code == 4007 => closed = true,
+            ClientEvent::GaveUp(err) => return Some(err.clone()),
+            _ if closed => after_close.push(format!("{e:?}")),
+            _ => {}
+        }
+        None
+    })
+    .await;
+    assert_eq!(why.code(), "REVOKED", "{why}");
+    assert!(after_close.is_empty(), "no reconnect: {after_close:?}");
+    server.shutdown().await;
 }

@@ -1,12 +1,15 @@
 //! The client handle and its supervisor task, which owns the connection's
 //! lifecycle: connect, hand the link to callers, notice it drop, back off,
-//! reconnect under the same name.
+//! reconnect under the same name (or a new one, when the server no longer
+//! knows it: `verdict` decides which refusals are final).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::handshake::Identity;
 use agent_protocol::link::{self, Role};
+use agent_protocol::time::deadline_in;
+use agent_protocol::transport;
 use agent_protocol::{close, codes, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,8 +24,9 @@ use crate::backoff::Backoff;
 use crate::config::ClientBuilder;
 use crate::dial::{self, Dial, Endpoint};
 use crate::events::ClientEvent;
-use crate::identity;
+use crate::identity::{self, Held};
 use crate::peer::ServerHandle;
+use crate::verdict::{self, Failure, Verdict};
 
 /// Capacity of the event channel.
 /// Events are rare; a receiver more than this far behind skips the oldest.
@@ -65,6 +69,8 @@ impl Inner {
 /// Everything the supervisor needs to (re)connect.
 struct Settings {
     endpoint: Endpoint,
+    /// The name the application chose, if any.
+    chosen: Option<String>,
     tls: Option<Arc<ClientConfig>>,
     secret: Secret,
     meta: Map<String, Value>,
@@ -113,19 +119,6 @@ impl std::fmt::Debug for AgentClient {
     }
 }
 
-fn is_fatal(e: &Error) -> bool {
-    matches!(
-        e.code(),
-        codes::WRONG_SECRET
-            | codes::SERVER_UNVERIFIED
-            | codes::NAME_TAKEN
-            | codes::INVALID_NAME
-            | codes::REVOKED
-            | codes::UNSUPPORTED_VERSION
-            | codes::CONFIG
-    )
-}
-
 impl AgentClient {
     /// A builder for a client of the server at `url` (`ws://host:port/path`
     /// or `wss://…`), proving `secret`.
@@ -155,6 +148,17 @@ impl AgentClient {
             return Err(Error::Config("the shared secret must not be empty".into()));
         }
         b.link.validate()?;
+        b.backoff.validate()?;
+        if b.handshake_timeout.is_zero() {
+            return Err(Error::Config(
+                "handshake_timeout must be more than zero".into(),
+            ));
+        }
+        if b.default_timeout.is_zero() {
+            return Err(Error::Config(
+                "default_timeout must be more than zero".into(),
+            ));
+        }
         let endpoint = Endpoint::parse(&b.url)?;
         let tls = if endpoint.is_tls() {
             Some(b.tls.client_config()?)
@@ -167,8 +171,14 @@ impl AgentClient {
                 identity = Identity {
                     name: Some(wanted.clone()),
                     token: None,
+                    bind: None,
                 };
             }
+        }
+        // Until a welcome brings a token, every try carries the same bind, so
+        // a server whose welcome was lost gives the same grant again.
+        if identity.token.is_none() {
+            identity.bind = Some(agent_protocol::crypto::Key::random());
         }
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
@@ -181,6 +191,7 @@ impl AgentClient {
         });
         let settings = Settings {
             endpoint,
+            chosen: b.name,
             tls,
             secret: b.secret,
             meta: b.meta,
@@ -190,7 +201,11 @@ impl AgentClient {
             backoff: b.backoff,
         };
         let span = tracing::info_span!("agent_client", url = %b.url);
-        tokio::spawn(supervise(Arc::clone(&inner), settings, identity, first).instrument(span));
+        let held = Held {
+            identity,
+            unsaved: false,
+        };
+        tokio::spawn(supervise(Arc::clone(&inner), settings, held, first).instrument(span));
         Ok((
             AgentClient {
                 inner,
@@ -347,6 +362,19 @@ impl AgentClient {
         self
     }
 
+    /// Adds a catch-all handler, run before the handlers of every action
+    /// (see [`Hooks::on_any`]).
+    pub fn on_any<T, R, F, Fut>(&self, f: F) -> &Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, agent_protocol::Call<ServerHandle>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, agent_protocol::HookError>> + Send + 'static,
+    {
+        self.inner.hooks.on_any(f);
+        self
+    }
+
     /// Subscribes to [`ClientEvent`]s from now on (use
     /// [`ClientBuilder::events`] to see the first connection's too).
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
@@ -363,30 +391,53 @@ impl AgentClient {
 }
 
 /// One connection attempt: open, authenticate, persist the identity, start
-/// the link.
+/// the link. `ready_before`: the client has been ready at least once.
 async fn attempt(
     inner: &Inner,
     s: &Settings,
-    identity: &mut Identity,
-) -> Result<(ServerHandle, String, bool), Error> {
+    held: &mut Held,
+    ready_before: bool,
+) -> Result<(ServerHandle, String, bool), Failure> {
     let d = Dial {
         endpoint: &s.endpoint,
         tls: s.tls.as_ref(),
         secret: &s.secret,
         link: &s.link,
-        identity: identity.clone(),
+        identity: held.identity.clone(),
         meta: s.meta.clone(),
     };
     let mut ws = dial::open(&d).await?;
     inner.emit(ClientEvent::Connected);
     let est = dial::authenticate(&mut ws, d).await?;
-    if est.identity != *identity {
-        *identity = est.identity.clone();
-        // The identity stays in memory either way, so the next reconnect
-        // still reclaims the name; only a restart would lose it.
-        if let Err(e) = identity::save(s.store.as_ref(), identity).await {
-            tracing::error!(error = %e, "could not save the agent's name and token");
-            inner.emit(ClientEvent::Error(e));
+    if est.identity != held.identity {
+        held.identity = est.identity.clone();
+        held.unsaved = true;
+    }
+    if held.unsaved {
+        match identity::save(s.store.as_ref(), &held.identity).await {
+            Ok(()) => held.unsaved = false,
+            Err(e) if !ready_before => {
+                // A name the agent cannot keep would be lost at its next
+                // restart: until the client has been ready once, refuse it,
+                // as the server refuses a name it cannot persist. Closing
+                // with 1011 lets the server drop the agent at once.
+                tracing::error!(error = %e, "could not save the agent's name and token");
+                transport::close(
+                    &mut ws,
+                    close::INTERNAL_ERROR,
+                    "the agent could not persist its name",
+                    s.link.close_timeout,
+                )
+                .await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                // Online already: stay online. The identity stays in memory,
+                // so reconnects keep the name, and the next connection saves
+                // it again; only a restart before that would lose it.
+                tracing::error!(error = %e, "could not save the agent's name and token");
+                inner.emit(ClientEvent::Error(e));
+            }
         }
     }
     let name = est.name.clone();
@@ -411,25 +462,34 @@ async fn attempt(
 async fn supervise(
     inner: Arc<Inner>,
     s: Settings,
-    mut identity: Identity,
+    mut held: Held,
     mut first: Option<oneshot::Sender<Result<(), Error>>>,
 ) {
     let mut retry: u32 = 0;
     let mut connected_before = false;
     let mut last_error: Option<Error>;
+    // The name the server no longer knew, until a new one is granted.
+    let mut renamed_from: Option<String> = None;
     loop {
         inner.set_state(State::Connecting);
+        let deadline = deadline_in(s.handshake_timeout);
         let outcome = tokio::select! {
             biased;
             _ = inner.stop.cancelled() => break,
-            r = tokio::time::timeout(s.handshake_timeout, attempt(&inner, &s, &mut identity)) => {
-                r.unwrap_or(Err(Error::HandshakeTimeout(s.handshake_timeout)))
+            r = tokio::time::timeout_at(deadline, attempt(&inner, &s, &mut held, connected_before)) => {
+                r.unwrap_or_else(|_| Err(Error::HandshakeTimeout(s.handshake_timeout).into()))
             }
         };
         match outcome {
             Ok((server, name, first_time)) => {
                 tracing::info!(%name, first_time, "ready");
                 inner.set_state(State::Ready(server.clone()));
+                if let Some(old) = renamed_from.take() {
+                    inner.emit(ClientEvent::Renamed {
+                        old,
+                        new: name.clone(),
+                    });
+                }
                 inner.emit(ClientEvent::Ready {
                     name: name.clone(),
                     first_time,
@@ -458,16 +518,49 @@ async fn supervise(
                     retry = 0;
                 }
                 if reason.code == close::REVOKED {
-                    let e = Error::Rejected {
-                        code: codes::REVOKED.into(),
-                        message: reason.reason.clone(),
-                    };
-                    inner.emit(ClientEvent::GaveUp(e));
-                    break;
+                    if s.endpoint.is_tls() {
+                        let e = Error::Rejected {
+                            code: codes::REVOKED.into(),
+                            message: reason.reason.clone(),
+                        };
+                        inner.emit(ClientEvent::GaveUp(e));
+                        break;
+                    }
+                    // Without TLS a close frame is not authenticated: come
+                    // back, and a genuine revocation refuses the handshake
+                    // with a proven REVOKED.
+                    tracing::warn!("closed as revoked over ws://: reconnecting to confirm it");
                 }
                 last_error = Some(Error::ConnectionClosed(reason));
             }
-            Err(e) => {
+            Err(failure) => {
+                let verdict = verdict::judge(
+                    &failure,
+                    s.endpoint.is_tls(),
+                    &held.identity,
+                    s.chosen.as_deref(),
+                );
+                let e = failure.error;
+                if let Verdict::Rename(fresh) = verdict {
+                    let old = held.identity.name.clone().unwrap_or_default();
+                    tracing::warn!(%old, error = %e, "the server no longer knows this agent's name; taking a new one");
+                    held.identity = fresh;
+                    held.unsaved = true;
+                    // Drop the stale identity from the store too; the new one
+                    // is saved once granted.
+                    let saved = tokio::select! {
+                        biased;
+                        _ = inner.stop.cancelled() => break,
+                        r = identity::save(s.store.as_ref(), &held.identity) => r,
+                    };
+                    if let Err(e) = saved {
+                        tracing::error!(error = %e, "could not drop the stale name from the store");
+                        inner.emit(ClientEvent::Error(e));
+                    }
+                    renamed_from.get_or_insert(old);
+                    // At once: a new request, not a retry of the refused one.
+                    continue;
+                }
                 tracing::debug!(error = %e, "connection attempt failed");
                 inner.set_state(State::Offline);
                 inner.emit(ClientEvent::Error(e.clone()));
@@ -475,8 +568,8 @@ async fn supervise(
                     let _ = tx.send(Err(e));
                     break;
                 }
-                if is_fatal(&e) {
-                    inner.emit(ClientEvent::GaveUp(e));
+                if let Verdict::GiveUp(why) = verdict {
+                    inner.emit(ClientEvent::GaveUp(why));
                     break;
                 }
                 last_error = Some(e);
@@ -496,7 +589,7 @@ async fn supervise(
         tokio::select! {
             biased;
             _ = inner.stop.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(deadline_in(delay)) => {}
         }
     }
     inner.set_state(State::Closed);

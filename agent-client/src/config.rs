@@ -85,7 +85,14 @@ impl ClientBuilder {
     }
 
     /// Asks for a name of the agent's own choosing instead of an assigned one.
-    /// Ignored when the store holds this name already (with its token).
+    /// When the store holds this name already, its token comes with it.
+    ///
+    /// The application insists on this name: when the server refuses it for
+    /// good (`NAME_TAKEN`: another agent holds it; `INVALID_NAME`) and the
+    /// agent holds no token for it, the client gives up (`connect` fails, or
+    /// `ClientEvent::GaveUp`). When the server no longer knows the stored
+    /// token (it lost its store), the agent asks for the name again without
+    /// it and reports `ClientEvent::Renamed`.
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
         self
@@ -100,6 +107,18 @@ impl ClientBuilder {
 
     /// Where the agent keeps its name and token. Default: a [`MemoryStore`],
     /// which keeps the name across reconnects but not restarts.
+    ///
+    /// A store that fails to load stops `connect`/`start` with `STORE`. A
+    /// store that fails to save:
+    ///
+    /// * before the client was ready for the first time, fails the attempt
+    ///   with `STORE` (the agent closes the new link with 1011, so the
+    ///   server drops it at once): `connect` returns that error; a client
+    ///   from `start` reports `ClientEvent::Error` and retries with backoff,
+    ///   asking for the same name, until a save succeeds;
+    /// * later (a new name or token on a reconnect), reports
+    ///   `ClientEvent::Error` with `STORE` and stays online with the identity
+    ///   in memory, saving it again at the next connection.
     pub fn store(mut self, store: impl NameStore) -> Self {
         self.store = Arc::new(store);
         self
@@ -142,13 +161,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline from TCP connect to `welcome`. Default 10 s.
+    /// Deadline from TCP connect to `welcome`, more than zero (else `CONFIG`
+    /// at start); `Duration::MAX` waits for ever. Default 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
-    /// Timeout of calls that name none. Default 30 s.
+    /// Timeout of calls that name none, more than zero (else `CONFIG` at
+    /// start); `Duration::MAX` waits for ever. Default 30 s.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = timeout;
         self
@@ -166,10 +187,17 @@ impl ClientBuilder {
         self
     }
 
-    /// Ping interval (`None`: no heartbeats). Default 5 s.
+    /// Ping interval (`None`: no heartbeats; at least 1 ms, else `CONFIG`
+    /// at start). Default 5 s.
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.link.ping_interval = interval;
         self
+    }
+
+    /// Turns heartbeats off: the same as `ping_interval(None)`. Default: on,
+    /// every 5 s.
+    pub fn no_heartbeat(self) -> Self {
+        self.ping_interval(None)
     }
 
     /// Ping intervals without a sign of life before the link is declared
@@ -186,22 +214,50 @@ impl ClientBuilder {
     }
 
     /// How to reconnect after losing the link. Default: [`Backoff::default`];
-    /// [`Backoff::disabled`] turns reconnecting off.
+    /// [`Backoff::disabled`] turns reconnecting off. Invalid values fail
+    /// `connect`/`start` with `CONFIG`.
     pub fn reconnect(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
-    /// Trusts the CA certificates in this PEM file for `wss://`, besides the
-    /// built-in web roots.
+    /// Trusts the CA certificates in this PEM file for `wss://` (read at
+    /// start; a missing or empty file is `CONFIG`).
+    ///
+    /// Naming a CA (here or with [`ClientBuilder::tls_ca_pem`]; several may
+    /// be named) makes the named CAs the *only* ones trusted: the built-in
+    /// web roots are dropped, so a private PKI is not widened to every public
+    /// CA. [`ClientBuilder::tls_web_roots`] adds them back.
     pub fn tls_ca_pem_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.tls.ca_files.push(path.into());
         self
     }
 
-    /// Trusts these PEM-encoded CA certificates for `wss://`.
+    /// Trusts these PEM-encoded CA certificates for `wss://`, and only them
+    /// unless [`ClientBuilder::tls_web_roots`] adds the web roots back (see
+    /// [`ClientBuilder::tls_ca_pem_file`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(ca_pem: Vec<u8>) -> Result<(), agent_client::Error> {
+    /// use agent_client::AgentClient;
+    /// // Trusts the private CA and nothing else.
+    /// let client = AgentClient::builder("wss://control-plane.internal:7800", "s3cret")
+    ///     .tls_ca_pem(ca_pem)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.ca_pems.push(pem.into());
+        self
+    }
+
+    /// Whether the web's root CAs (webpki-roots) are trusted for `wss://`.
+    /// Default: yes when no CA is named, no as soon as one is;
+    /// `tls_web_roots(true)` trusts them beside the named CAs. Turning them
+    /// off with no CA named is `CONFIG` (nothing would be trusted).
+    pub fn tls_web_roots(mut self, trust: bool) -> Self {
+        self.tls.web_roots = Some(trust);
         self
     }
 
@@ -217,7 +273,9 @@ impl ClientBuilder {
     }
 
     /// Uses a ready rustls client configuration for `wss://` (overrides the
-    /// other TLS settings).
+    /// other TLS settings). The client counts a refusal received over
+    /// `wss://` as authenticated by TLS (it may be final), so keep the
+    /// configuration's certificate verification.
     pub fn tls_config(mut self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
         self.tls.config = Some(config);
         self
@@ -231,13 +289,25 @@ impl ClientBuilder {
 
     /// Loads the stored identity and starts connecting in the background;
     /// returns at once. Calls made before the client is ready wait for it.
+    ///
+    /// Fails at once only for what no retry can fix: `CONFIG` (an invalid
+    /// setting, URL or TLS file) and `STORE` (the store failed to load). Every
+    /// failed attempt after that is a `ClientEvent::Error`; the client
+    /// retries with backoff and gives up only on a refusal it can trust to
+    /// be final (see the README's "Reconnect with backoff"). An identity that
+    /// cannot be saved before the first ready is retried as described under
+    /// [`ClientBuilder::store`].
     pub async fn start(self) -> Result<AgentClient, Error> {
         AgentClient::start(self).await
     }
 
     /// Connects and waits until the handshake succeeded. Fails with the first
     /// attempt's error (e.g. `WRONG_SECRET`, or `TRANSPORT` when the server is
-    /// unreachable); after that, lost links are re-established automatically.
+    /// unreachable, or `STORE` when the new name cannot be saved: see
+    /// [`ClientBuilder::store`]), so a misconfigured agent shows at once;
+    /// after that, lost links are re-established automatically. A stored
+    /// identity the server no longer knows is not a failure: the agent takes
+    /// a new one ([`crate::ClientEvent::Renamed`]) and `connect` resolves.
     pub async fn connect(self) -> Result<AgentClient, Error> {
         AgentClient::connect(self).await
     }

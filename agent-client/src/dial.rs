@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use agent_protocol::frame::Frame;
 use agent_protocol::handshake::{ClientHandshake, Established, Identity};
+use agent_protocol::log_limit::clip;
 use agent_protocol::transport::{self, MaybeTls};
 use agent_protocol::{close, codes, Error, LinkConfig, Secret, SUBPROTOCOL};
 use serde_json::{Map, Value};
@@ -14,6 +16,8 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::WebSocketStream;
+
+use crate::verdict::Failure;
 
 /// The stream an agent's WebSocket runs on.
 pub(crate) type Stream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -100,14 +104,15 @@ pub(crate) async fn open(d: &Dial<'_>) -> Result<WebSocketStream<Stream>, Error>
     Ok(ws)
 }
 
-/// Runs the handshake on an open WebSocket.
+/// Runs the handshake on an open WebSocket. A refusal's [`Failure::proven`]
+/// says whether the `reject` carried a valid proof of the server.
 pub(crate) async fn authenticate(
     ws: &mut WebSocketStream<Stream>,
     d: Dial<'_>,
-) -> Result<Established, Error> {
+) -> Result<Established, Failure> {
     let mut hs =
         ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
-    let hello = transport::recv_frame(ws).await?;
+    let hello = transport::recv_frame(ws).await.map_err(Error::from)?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,
         Err(e) => {
@@ -116,11 +121,24 @@ pub(crate) async fn authenticate(
                 _ => close::PROTOCOL_ERROR,
             };
             transport::close(ws, code, &e.to_string(), d.link.close_timeout).await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     transport::send_frame(ws, &auth).await?;
-    let answer = transport::recv_frame(ws).await?;
+    let answer = transport::recv_frame(ws).await.map_err(Error::from)?;
+    let proven = match &answer {
+        Frame::Reject(r) => {
+            let proven = hs.reject_is_proven(d.secret, r);
+            if !proven {
+                tracing::debug!(
+                    code = %clip(&r.code, 64),
+                    "the reject carries no valid proof of the server"
+                );
+            }
+            proven
+        }
+        _ => false,
+    };
     match hs.on_answer(d.secret, answer) {
         Ok(est) => Ok(est),
         Err(Error::ServerUnverified) => {
@@ -131,8 +149,8 @@ pub(crate) async fn authenticate(
                 d.link.close_timeout,
             )
             .await;
-            Err(Error::ServerUnverified)
+            Err(Error::ServerUnverified.into())
         }
-        Err(e) => Err(e),
+        Err(error) => Err(Failure { error, proven }),
     }
 }

@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 
 const DOC_VERSION: u32 = 1;
 
+/// The identity the supervisor holds between connection attempts.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// What the next attempt asks with.
+    pub(crate) identity: Identity,
+    /// True while the store lacks `identity` (a save failed, or is still to
+    /// come): the next successful handshake saves it.
+    pub(crate) unsaved: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Doc {
     version: u32,
@@ -38,6 +48,7 @@ pub(crate) async fn load(store: &dyn NameStore) -> Result<Identity, Error> {
     Ok(Identity {
         name: doc.name,
         token,
+        bind: None,
     })
 }
 

@@ -6,7 +6,9 @@
 //! its token) in a [`NameStore`]. It serves the server's calls with hooks and
 //! calls the server's hooks with [`AgentClient::send`]; when the link drops it
 //! reconnects with exponential backoff and full jitter and comes back under
-//! the same name.
+//! the same name (or takes a new one, [`ClientEvent::Renamed`], when the
+//! server lost its names). It gives up only on refusals it can trust: a
+//! `reject` the server proved, or anything received over `wss://`.
 //!
 //! # Layout
 //!
@@ -15,6 +17,8 @@
 //! * `dial`: one connection attempt (TCP, TLS, upgrade, handshake).
 //! * [`Backoff`]: reconnect delays.
 //! * `identity`: the stored name and token.
+//! * `verdict`: which failed attempts are retried, which are final, and
+//!   when a stale identity is dropped for a new one.
 //! * [`ServerHandle`]: what hooks receive as their peer.
 //!
 //! ```no_run
@@ -52,6 +56,7 @@ mod events;
 mod identity;
 mod peer;
 mod tls;
+mod verdict;
 
 pub use backoff::Backoff;
 pub use client::AgentClient;

@@ -4,7 +4,8 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use agent_protocol::close;
@@ -13,6 +14,12 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
+use crate::registry::Registry;
+
+/// The last connection id given in this process.
+static LAST_CONNECTION_ID: AtomicU64 = AtomicU64::new(0);
 
 /// What the server learned about an agent at its handshake.
 pub(crate) struct AgentInfo {
@@ -20,14 +27,19 @@ pub(crate) struct AgentInfo {
     pub(crate) first_time: bool,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) tls: bool,
+    /// The client's certificate chain, when mutual TLS verified one.
+    pub(crate) peer_certificates: Option<Vec<CertificateDer<'static>>>,
     pub(crate) meta: Map<String, Value>,
     pub(crate) default_timeout: Duration,
 }
 
 struct Inner {
     info: AgentInfo,
+    id: u64,
     connected_at: SystemTime,
     link: LinkHandle,
+    /// Where the agent is registered; weak, since the registry holds agents.
+    registry: Weak<Registry>,
     data: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
@@ -52,6 +64,7 @@ impl fmt::Debug for Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Agent")
             .field("name", &self.0.info.name)
+            .field("connection_id", &self.0.id)
             .field("peer_addr", &self.0.info.peer_addr)
             .field("first_time", &self.0.info.first_time)
             .field("tls", &self.0.info.tls)
@@ -61,11 +74,13 @@ impl fmt::Debug for Agent {
 }
 
 impl Agent {
-    pub(crate) fn new(info: AgentInfo, link: LinkHandle) -> Self {
+    pub(crate) fn new(info: AgentInfo, link: LinkHandle, registry: Weak<Registry>) -> Self {
         Agent(Arc::new(Inner {
             info,
+            id: LAST_CONNECTION_ID.fetch_add(1, Ordering::Relaxed) + 1,
             connected_at: SystemTime::now(),
             link,
+            registry,
             data: Mutex::new(HashMap::new()),
         }))
     }
@@ -73,6 +88,38 @@ impl Agent {
     /// The agent's name.
     pub fn name(&self) -> &str {
         &self.0.info.name
+    }
+
+    /// This connection's id: unique in the process, and greater than the id
+    /// of every connection registered before it. An agent that reconnects
+    /// keeps its name but gets a new id, so an application can tell its
+    /// connections apart (for example, to ignore the `AgentDisconnected` of
+    /// a connection it already replaced).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) {
+    /// use agent_server::ServerEvent;
+    /// use std::collections::HashMap;
+    ///
+    /// let mut current: HashMap<String, u64> = HashMap::new();
+    /// let mut events = server.events();
+    /// while let Ok(event) = events.recv().await {
+    ///     match event {
+    ///         ServerEvent::AgentConnected(a) => {
+    ///             current.insert(a.name().to_owned(), a.connection_id());
+    ///         }
+    ///         ServerEvent::AgentDisconnected(a, _) => {
+    ///             if current.get(a.name()) == Some(&a.connection_id()) {
+    ///                 current.remove(a.name());
+    ///             }
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn connection_id(&self) -> u64 {
+        self.0.id
     }
 
     /// True when the name was given at this connection (not reclaimed).
@@ -88,6 +135,28 @@ impl Agent {
     /// True when the agent connected over TLS.
     pub fn is_tls(&self) -> bool {
         self.0.info.tls
+    }
+
+    /// The certificate chain the agent presented, end-entity certificate
+    /// first, as DER, when the server requires client certificates
+    /// ([`ServerBuilder::tls_client_ca_pem`](crate::ServerBuilder::tls_client_ca_pem))
+    /// and verified it against those CAs; `None` over plain `ws://` and
+    /// without mutual TLS.
+    ///
+    /// The chain is handed over as it was verified, not parsed: to bind
+    /// names to certificates, compare it (or a digest of it) with what you
+    /// expect, or parse it with an X.509 crate of your choice.
+    ///
+    /// ```no_run
+    /// # fn demo(agent: agent_server::Agent, expected_der: &[u8]) {
+    /// let presented = agent.peer_certificates().and_then(|chain| chain.first());
+    /// if presented.map(|cert| cert.as_ref()) != Some(expected_der) {
+    ///     agent.disconnect("certificate does not match this name");
+    /// }
+    /// # }
+    /// ```
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.0.info.peer_certificates.as_deref()
     }
 
     /// The metadata the agent sent at connect.
@@ -139,6 +208,9 @@ impl Agent {
     }
 
     /// Calls the agent's hook `action` with the server's default timeout.
+    ///
+    /// Fails at once with `SHUTDOWN` once the server's shutdown has begun,
+    /// and with `CONNECTION_CLOSED` once this connection has ended.
     pub async fn send<B, R>(&self, action: &str, body: &B) -> Result<R, Error>
     where
         B: Serialize + ?Sized,
@@ -206,10 +278,33 @@ impl Agent {
         self.0.link.notify(action, body).await
     }
 
-    /// Closes the agent's link with close code 4006 and `reason`. Calls in
-    /// flight on it fail at once.
+    /// Disconnects this connection: closes its link with close code 4006
+    /// and `reason`. The agent may reconnect (use
+    /// [`AgentServer::revoke`](crate::AgentServer::revoke) to keep it out).
+    ///
+    /// Does not wait for the network: when it returns, calls in flight on
+    /// the link have failed with `CONNECTION_CLOSED`, the agent is no longer
+    /// listed, and its `AgentDisconnected` event is out; the close frame is
+    /// sent in the background (await [`LinkHandle::stopped`] on
+    /// [`Agent::link`] to wait until the socket is released). Does nothing
+    /// to a connection that has ended already.
     pub fn disconnect(&self, reason: &str) {
-        self.0.link.close(close::FORCED_DISCONNECT, reason);
+        self.end(close::FORCED_DISCONNECT, reason);
+    }
+
+    /// Closes the link with `code` and takes the agent out of the registry,
+    /// reporting it gone, unless its link ended by itself first.
+    pub(crate) fn end(&self, code: u16, reason: &str) {
+        self.0.link.close(code, reason);
+        if let Some(registry) = self.0.registry.upgrade() {
+            // The first reason the link ended with is the one it keeps.
+            let why = self
+                .0
+                .link
+                .close_reason()
+                .unwrap_or_else(|| CloseReason::local(code, reason));
+            registry.remove(self, why);
+        }
     }
 
     /// The agent's link, for lower-level use (raw bodies, close codes).

@@ -14,13 +14,23 @@ use crate::Error;
 pub const DEFAULT_NAME_FORMAT: &str = "A####";
 /// Default handshake deadline.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline for a connection's first bytes: TLS and the WebSocket
+/// upgrade.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default largest message an agent may send before it is authenticated.
+pub const DEFAULT_MAX_HANDSHAKE_MESSAGE_BYTES: usize = 64 * 1024;
+/// Smallest handshake message limit a builder accepts: room for an `auth`
+/// with a name, a claim and a little metadata.
+pub const MIN_HANDSHAKE_MESSAGE_BYTES: usize = 1024;
 /// Default timeout of `send_to`, `send_all` and `Agent::send`.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most connections that may be in their handshake at once.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
-/// Default most connections from one address that may be in their
-/// handshake at once.
-pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 256;
+/// Default most connections from one source (an IPv4 address or an IPv6
+/// /64) that may be in their handshake at once: a sixteenth of
+/// [`DEFAULT_MAX_HANDSHAKES`], so that it takes sixteen sources to fill the
+/// pool.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = DEFAULT_MAX_HANDSHAKES / 16;
 /// Default time shutdown lets calls in flight finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -51,6 +61,8 @@ pub struct ServerBuilder {
     pub(crate) store: Arc<dyn NameStore>,
     pub(crate) link: LinkConfig,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) max_handshake_message_bytes: usize,
     pub(crate) default_timeout: Duration,
     pub(crate) sign_frames: bool,
     pub(crate) max_handshakes: usize,
@@ -67,6 +79,11 @@ impl fmt::Debug for ServerBuilder {
             .field("name_format", &self.name_format)
             .field("link", &self.link)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("upgrade_timeout", &self.upgrade_timeout)
+            .field(
+                "max_handshake_message_bytes",
+                &self.max_handshake_message_bytes,
+            )
             .field("default_timeout", &self.default_timeout)
             .field("sign_frames", &self.sign_frames)
             .field("max_handshakes", &self.max_handshakes)
@@ -89,6 +106,8 @@ impl Default for ServerBuilder {
             store: Arc::new(MemoryStore::new()),
             link: LinkConfig::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            max_handshake_message_bytes: DEFAULT_MAX_HANDSHAKE_MESSAGE_BYTES,
             default_timeout: DEFAULT_CALL_TIMEOUT,
             sign_frames: false,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
@@ -116,9 +135,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Where the server keeps its name counter and key. Default: a
-    /// [`MemoryStore`], which forgets on restart; use a
-    /// [`FileStore`](agent_protocol::FileStore) to keep names across restarts.
+    /// Where the server keeps its name counter, its key (from which every
+    /// name token derives), the chosen names and the revocations. Every new
+    /// name is saved here before its `welcome` goes out.
+    ///
+    /// Default: a [`MemoryStore`], which forgets all of it on restart: the
+    /// restarted server has a new key and counts from 1 again, so every
+    /// agent's stored name and token becomes unknown to it (an assigned name
+    /// is refused with `INVALID_NAME` and its agent must take a new one; a
+    /// chosen name is given again as new), and revoked names are welcome
+    /// again. With a [`FileStore`](agent_protocol::FileStore), or a store of
+    /// your own that persists, names, tokens and revocations survive
+    /// restarts and no name is given twice.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_server::Error> {
+    /// use agent_server::{AgentServer, FileStore};
+    ///
+    /// let server = AgentServer::builder()
+    ///     .secret("s3cret")
+    ///     .store(FileStore::new("/var/lib/control-plane/names.json"))
+    ///     .start("0.0.0.0:7800")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn store(mut self, store: impl NameStore) -> Self {
         self.store = Arc::new(store);
         self
@@ -131,8 +171,46 @@ impl ServerBuilder {
     }
 
     /// Deadline from TCP accept to `welcome`. Default 10 s.
+    ///
+    /// A handshake still unfinished then is closed with 4005 (or, before
+    /// the upgrade, dropped). Either way the connection is gone at most
+    /// `close_timeout` later (see [`LinkConfig::close_timeout`]), whether or
+    /// not the peer reads what it is told.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Deadline from TCP accept to the end of the TLS handshake and the
+    /// WebSocket upgrade, the first bytes of every connection. A connection
+    /// not upgraded by then is dropped without a response. Much shorter than
+    /// the whole handshake, so an idle socket holds its handshake slot only
+    /// briefly; the handshake deadline still bounds the whole (the sooner of
+    /// the two applies). Default 3 s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_server::Error> {
+    /// use std::time::Duration;
+    /// let server = agent_server::AgentServer::builder()
+    ///     .secret("s3cret")
+    ///     .upgrade_timeout(Duration::from_secs(5))   // slow links: allow more
+    ///     .start("0.0.0.0:7800")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Largest message an agent may send before it is authenticated (its
+    /// `auth`, with its `meta`); a bigger one closes the connection with
+    /// 1009 before any of it is parsed. Checked on the frame headers as they
+    /// arrive, so an oversized message is never buffered. Never above
+    /// [`ServerBuilder::max_message_bytes`], which applies from then on. At
+    /// least 1 KiB. Default 64 KiB.
+    pub fn max_handshake_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_handshake_message_bytes = bytes;
         self
     }
 
@@ -162,6 +240,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns heartbeats off: the same as `ping_interval(None)`. Default: on,
+    /// every 5 s.
+    pub fn no_heartbeat(self) -> Self {
+        self.ping_interval(None)
+    }
+
     /// Ping intervals without a sign of life before a link is closed as
     /// dead. Default 2.
     pub fn missed_pongs(mut self, n: u32) -> Self {
@@ -182,16 +266,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Most connections in their handshake at once; more are dropped at
-    /// accept. Default 1024.
+    /// Most connections in their handshake at once: from TCP accept until
+    /// registered as an agent, or until a failed handshake is closed. Each
+    /// holds a task and a socket, so this bounds what unauthenticated peers
+    /// cost. Default 1024.
+    ///
+    /// When every slot is taken, a new connection from a source (an IPv4
+    /// address or an IPv6 /64) holding less than an equal share of the
+    /// slots (this bound divided by the sources holding any) evicts the
+    /// oldest connection of the source holding the most that has not
+    /// finished its WebSocket upgrade: it is dropped at once, unanswered, and
+    /// reported as a [`HandshakeFailure`](crate::HandshakeFailure) with code
+    /// `BUSY`. Otherwise the new connection is dropped at accept. So a few
+    /// busy sources cannot lock every other one out, and a source within its
+    /// share never loses a slot.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
         self
     }
 
-    /// Most connections from one source address in their handshake at once;
-    /// more from that address are dropped at accept, so one address cannot
-    /// hold every handshake slot. Default 256.
+    /// Most connections from one source in their handshake at once; more
+    /// from that source are dropped at accept. A source is an IPv4 address,
+    /// or an IPv6 /64 network (one host usually holds a whole /64);
+    /// IPv4-mapped IPv6 addresses count as IPv4. Default 64, a sixteenth of
+    /// the default [`ServerBuilder::max_pending_handshakes`].
     pub fn max_pending_handshakes_per_ip(mut self, n: usize) -> Self {
         self.max_handshakes_per_ip = n;
         self
@@ -280,6 +378,22 @@ impl ServerBuilder {
             Some(_) => {}
         }
         self.name_format.parse::<NameFormat>()?;
+        if self.max_handshake_message_bytes < MIN_HANDSHAKE_MESSAGE_BYTES {
+            return Err(Error::Config(
+                "max_handshake_message_bytes must be at least 1024".into(),
+            ));
+        }
+        // A zero deadline fails every handshake or call at once: never what
+        // was meant.
+        for (what, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("upgrade_timeout", self.upgrade_timeout),
+            ("default_timeout", self.default_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{what} must be more than zero")));
+            }
+        }
         self.link.validate()
     }
 }

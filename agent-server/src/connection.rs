@@ -1,28 +1,38 @@
-//! One connection from accept to close: WebSocket upgrade, handshake under its
-//! deadline, the name decision, the link, and the registry entry.
+//! One connection from accept to close: TLS and the WebSocket upgrade under
+//! the upgrade deadline, the handshake under its deadline, the name decision,
+//! the link, and the registry entry.
 //!
 //! Everything here runs in the connection's own task, so a slow or hostile
-//! peer only ever holds up itself.
+//! peer only ever holds up itself; and everything before authentication is
+//! bounded in time (the deadlines, then `close_timeout` for telling a failed
+//! peer), in size (the handshake message limit, see `first_message`), and
+//! by shutdown, which ends unfinished handshakes at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agent_protocol::frame::{Frame, Limits};
-use agent_protocol::handshake::{Refusal, ServerHandshake, Session};
+use agent_protocol::handshake::{Refusal, ServerHandshake, Session, VerifiedAuth};
 use agent_protocol::link::{self, Role};
+use agent_protocol::log_limit::{clip, LogLimit};
+use agent_protocol::time;
 use agent_protocol::transport::{self, MaybeTls, RecvError};
 use agent_protocol::{close, codes, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::agent::{Agent, AgentInfo};
-use crate::events::ServerEvent;
+use crate::first_message::FirstMessageLimit;
+use crate::handshakes::HandshakeSlot;
 use crate::names::{Grant, GrantError};
-use crate::server::{HandshakeSlot, Inner};
+use crate::registry::Refused;
+use crate::server::Inner;
 
 /// Accepts the upgrade only for clients that offer the agent-tunnel subprotocol.
 #[allow(clippy::result_large_err)]
@@ -56,6 +66,10 @@ enum Failure {
     Violation(u16, String),
     /// The connection is gone; nothing to send.
     Gone(String),
+    /// The handshake deadline passed: close with 4005.
+    Timeout,
+    /// The server began shutting down: close with 1001.
+    Shutdown,
 }
 
 impl From<Refusal> for Failure {
@@ -73,165 +87,277 @@ impl From<RecvError> for Failure {
     }
 }
 
+impl Failure {
+    /// The code reported in [`HandshakeFailure`](crate::HandshakeFailure).
+    fn code(&self) -> &'static str {
+        match self {
+            Failure::Refused(r) => r.code,
+            Failure::Violation(..) => codes::PROTOCOL_ERROR,
+            Failure::Gone(_) => codes::TRANSPORT,
+            Failure::Timeout => codes::HANDSHAKE_TIMEOUT,
+            Failure::Shutdown => codes::SHUTDOWN,
+        }
+    }
+
+    /// Tells the peer, as far as it reads: `reject` and the close handshake.
+    /// The caller bounds this; a peer that reads nothing must not hold it.
+    async fn tell(&self, ws: &mut WebSocketStream<Stream>, close_timeout: std::time::Duration) {
+        match self {
+            Failure::Refused(r) => {
+                let _ = transport::send_frame(ws, &r.frame()).await;
+                transport::close(ws, r.close_code, &r.message, close_timeout).await;
+            }
+            Failure::Violation(code, reason) => {
+                transport::close(ws, *code, reason, close_timeout).await;
+            }
+            Failure::Gone(_) => {}
+            Failure::Timeout => {
+                transport::close(
+                    ws,
+                    close::HANDSHAKE_TIMEOUT,
+                    "handshake timeout",
+                    close_timeout,
+                )
+                .await;
+            }
+            Failure::Shutdown => {
+                transport::close(ws, close::GOING_AWAY, "server shutting down", close_timeout)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Per-connection log lines before authentication, which any peer can
+/// trigger at will.
+static UPGRADE_LOGS: LogLimit = LogLimit::per_second(5);
+static FAILURE_LOGS: LogLimit = LogLimit::per_second(5);
+
 /// Serves one accepted connection until its link ends.
 ///
-/// `permit` counts this connection among those in their handshake; it is
-/// released as soon as the handshake ends, either way.
+/// `slot` counts this connection among those not authenticated yet. It is
+/// held until the connection is registered as an agent, or until a failed
+/// handshake has finished telling the peer, so the bound on handshakes also
+/// bounds the tasks and sockets that unauthenticated peers hold.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     server: Arc<Inner>,
-    permit: HandshakeSlot,
+    slot: HandshakeSlot,
 ) {
     let span = tracing::info_span!("agent", peer = %peer_addr, name = tracing::field::Empty);
-    serve_inner(tcp, peer_addr, server, permit)
+    serve_inner(tcp, peer_addr, server, slot)
         .instrument(span)
         .await
 }
 
-/// The stream a server-side WebSocket runs on.
-type Stream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+/// The stream a server-side WebSocket runs on: TCP or TLS, with the
+/// handshake's message bound on top.
+type Stream = FirstMessageLimit<MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>>;
 
-async fn serve_inner(
-    tcp: TcpStream,
-    peer_addr: SocketAddr,
-    server: Arc<Inner>,
-    permit: HandshakeSlot,
-) {
-    let deadline = agent_protocol::time::deadline_in(server.handshake_timeout);
-    // TLS runs here, in the connection's own task and under the handshake
-    // deadline, so a slow client never stalls the accept loop.
-    let stream: Stream = match &server.tls {
-        None => MaybeTls::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
-                server.emit(ServerEvent::HandshakeFailed {
-                    peer_addr,
-                    code: codes::TRANSPORT.into(),
-                });
-                return;
+/// What a finished upgrade yields: the WebSocket, and the client's
+/// certificate chain when mutual TLS verified one.
+type Upgraded = (
+    WebSocketStream<Stream>,
+    Option<Vec<CertificateDer<'static>>>,
+);
+
+/// TLS (for `wss://`) and the WebSocket upgrade, in the connection's own
+/// task so a slow client never stalls the accept loop; the caller bounds it.
+/// A failure drops the TCP connection without a response.
+async fn upgrade(tcp: TcpStream, server: &Inner) -> Result<Upgraded, &'static str> {
+    let (stream, certs) = match &server.tls {
+        None => (MaybeTls::Plain(tcp), None),
+        Some(acceptor) => match acceptor.accept(tcp).await {
+            Ok(tls) => {
+                let certs = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+                (MaybeTls::Tls(Box::new(tls)), certs)
             }
-            Err(_) => {
-                tracing::debug!("TLS handshake did not finish before the handshake deadline");
-                server.emit(ServerEvent::HandshakeFailed {
-                    peer_addr,
-                    code: codes::HANDSHAKE_TIMEOUT.into(),
-                });
-                return;
+            Err(e) => {
+                if let Some(suppressed) = UPGRADE_LOGS.allow() {
+                    tracing::debug!(error = %clip(&e.to_string(), 200), suppressed, "TLS handshake failed");
+                }
+                return Err(codes::TRANSPORT);
             }
         },
     };
-    let tls = stream.is_tls();
+    let stream = FirstMessageLimit::new(stream, server.max_handshake_message_bytes);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         negotiate,
         Some(server.link.websocket()),
     );
-    let mut ws = match tokio::time::timeout_at(deadline, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "WebSocket upgrade failed");
-            server.emit(ServerEvent::HandshakeFailed {
-                peer_addr,
-                code: codes::TRANSPORT.into(),
-            });
-            return;
+    match upgrade.await {
+        Ok(ws) => Ok((ws, certs)),
+        Err(e) => {
+            if let Some(suppressed) = UPGRADE_LOGS.allow() {
+                tracing::debug!(error = %clip(&e.to_string(), 200), suppressed, "WebSocket upgrade failed");
+            }
+            Err(codes::TRANSPORT)
         }
-        Err(_) => {
-            tracing::debug!("WebSocket upgrade did not finish before the handshake deadline");
-            server.emit(ServerEvent::HandshakeFailed {
-                peer_addr,
-                code: codes::HANDSHAKE_TIMEOUT.into(),
-            });
+    }
+}
+
+/// Reports a failed handshake: counted, broadcast, and logged within limits
+/// (`why` is the peer's doing, so it is clipped too).
+fn failed(server: &Inner, peer_addr: SocketAddr, code: &'static str, why: Option<&str>) {
+    if let Some(suppressed) = FAILURE_LOGS.allow() {
+        match why {
+            Some(why) => {
+                tracing::debug!(%code, why = %clip(why, 200), suppressed, "handshake failed")
+            }
+            None => tracing::debug!(%code, suppressed, "handshake failed"),
+        }
+    }
+    server.handshake_failed(peer_addr, code);
+}
+
+async fn serve_inner(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    server: Arc<Inner>,
+    slot: HandshakeSlot,
+) {
+    let accepted = tokio::time::Instant::now();
+    let deadline = time::deadline_from(accepted, server.handshake_timeout);
+    // The first bytes (TLS and the HTTP upgrade) get a much shorter
+    // deadline: a socket that sends nothing holds its slot only that long.
+    let upgrade_by = time::sooner(
+        deadline,
+        time::deadline_from(accepted, server.upgrade_timeout),
+    );
+    let upgraded = tokio::select! {
+        biased;
+        // Cancel-safe: tokens only observe. Losing either race drops the
+        // unfinished upgrade, and with it the TCP connection, unanswered.
+        _ = server.stop.cancelled() => Err(codes::SHUTDOWN),
+        _ = slot.evicted() => Err(codes::BUSY),
+        done = tokio::time::timeout_at(upgrade_by, upgrade(tcp, &server)) => match done {
+            Ok(done) => done,
+            Err(_) => Err(codes::HANDSHAKE_TIMEOUT),
+        },
+    };
+    let (mut ws, peer_certificates) = match upgraded {
+        Ok(up) => up,
+        Err(code) => {
+            failed(&server, peer_addr, code, None);
             return;
         }
     };
-
-    let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server)).await;
-    // The handshake is over either way: free its slot before any close wait.
-    drop(permit);
-    let (grant, welcome, session, meta) = match authenticated {
-        Ok(Ok(done)) => done,
-        Ok(Err(failure)) => {
-            let code = match &failure {
-                Failure::Refused(r) => {
-                    let _ = transport::send_frame(&mut ws, &r.frame()).await;
-                    transport::close(&mut ws, r.close_code, &r.message, server.link.close_timeout)
-                        .await;
-                    r.code.to_owned()
-                }
-                Failure::Violation(close_code, reason) => {
-                    transport::close(&mut ws, *close_code, reason, server.link.close_timeout).await;
-                    codes::PROTOCOL_ERROR.to_owned()
-                }
-                Failure::Gone(why) => {
-                    tracing::debug!(%why, "connection lost during the handshake");
-                    codes::TRANSPORT.to_owned()
-                }
-            };
-            tracing::debug!(%code, "handshake failed");
-            server.emit(ServerEvent::HandshakeFailed { peer_addr, code });
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("handshake did not finish before its deadline");
-            transport::close(
-                &mut ws,
-                close::HANDSHAKE_TIMEOUT,
-                "handshake timeout",
-                server.link.close_timeout,
-            )
-            .await;
-            server.emit(ServerEvent::HandshakeFailed {
-                peer_addr,
-                code: codes::HANDSHAKE_TIMEOUT.into(),
-            });
-            return;
-        }
-    };
-    // Past this point the name is reserved for us: every path releases it
-    // or turns it into a live entry.
-    tracing::Span::current().record("name", grant.name.as_str());
-
-    if server.stop.is_cancelled() {
-        server.registry.release(&grant.name);
-        transport::close(
-            &mut ws,
-            close::GOING_AWAY,
-            "server shutting down",
-            server.link.close_timeout,
-        )
-        .await;
+    if !slot.upgraded() {
+        // Evicted just as the upgrade finished: its slot is gone already.
+        failed(&server, peer_addr, codes::BUSY, None);
         return;
     }
+    let tls = ws.get_ref().get_ref().is_tls();
+
+    let authenticated = tokio::select! {
+        biased;
+        // Cancel-safe like the deadline: a reserved name is released by the
+        // reservation's drop.
+        _ = server.stop.cancelled() => Err(Failure::Shutdown),
+        done = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server)) => match done {
+            Ok(done) => done,
+            Err(_) => Err(Failure::Timeout),
+        },
+    };
+    let (grant, welcome, session, meta) = match authenticated {
+        Ok(done) => done,
+        Err(failure) => {
+            let failure = match failure {
+                Failure::Gone(_) if ws.get_ref().tripped() => Failure::Violation(
+                    close::TOO_BIG,
+                    format!(
+                        "handshake message over {} bytes",
+                        server.max_handshake_message_bytes
+                    ),
+                ),
+                other => other,
+            };
+            let why = match &failure {
+                Failure::Violation(_, why) | Failure::Gone(why) => Some(why.as_str()),
+                _ => None,
+            };
+            failed(&server, peer_addr, failure.code(), why);
+            // Every write before authentication ends by a deadline: `hello`
+            // by the handshake's, the rest close_timeout from here, however
+            // little the peer reads.
+            let close_timeout = server.link.close_timeout;
+            let by = time::deadline_in(close_timeout);
+            let _ = tokio::time::timeout_at(by, failure.tell(&mut ws, close_timeout)).await;
+            drop(slot);
+            return;
+        }
+    };
+    // Registered (or closed) from here on: no longer a handshake.
+    drop(slot);
+    // Past this point the name is reserved for us: the grant frees it when
+    // dropped, unless the registry takes it over.
+    tracing::Span::current().record("name", grant.name());
 
     let info = AgentInfo {
-        name: grant.name.clone(),
+        name: grant.name().to_owned(),
         first_time: grant.first_time,
         peer_addr,
         tls,
+        peer_certificates,
         meta,
         default_timeout: server.default_timeout,
     };
-    let (link, agent) = link::spawn(
+    let first_time = grant.first_time;
+    let registry = Arc::downgrade(&server.registry);
+    // Admitted under the registry's lock, which shutdown and revocation
+    // take too: an agent registered here is one they see. Registered before
+    // the link's tasks start, so the agent is known here before the welcome
+    // tells it that it is ready.
+    let admitted = server.registry.admit(
+        grant.reservation,
+        |name| server.names.is_revoked(name),
         ws,
-        Role::Server,
-        server.link.clone(),
-        Some(&session),
-        server.hooks.clone(),
-        Some(&welcome),
-        |link| {
-            // Registered before the link's tasks start, so the agent is
-            // known here before the welcome tells it that it is ready.
-            let agent = Agent::new(info, link);
-            server.registry.activate(agent.clone());
+        |ws| {
+            let (_link, agent) = link::spawn(
+                ws,
+                Role::Server,
+                server.link.clone(),
+                Some(&session),
+                server.hooks.clone(),
+                Some(&welcome),
+                |link| Agent::new(info, link, registry),
+            );
             agent
         },
     );
-    tracing::info!(first_time = grant.first_time, "agent connected");
-    server.emit(ServerEvent::AgentConnected(agent.clone()));
+    let agent = match admitted {
+        Ok(agent) => agent,
+        Err((Refused::Shutdown, mut ws)) => {
+            transport::close(
+                &mut ws,
+                close::GOING_AWAY,
+                "server shutting down",
+                server.link.close_timeout,
+            )
+            .await;
+            return;
+        }
+        Err((Refused::Revoked, mut ws)) => {
+            let refusal = Refusal::new(
+                codes::REVOKED,
+                "the name was revoked during the handshake",
+                close::REVOKED,
+            );
+            let _ = transport::send_frame(&mut ws, &refusal.frame()).await;
+            transport::close(
+                &mut ws,
+                refusal.close_code,
+                &refusal.message,
+                server.link.close_timeout,
+            )
+            .await;
+            failed(&server, peer_addr, codes::REVOKED, None);
+            return;
+        }
+    };
+    tracing::info!(first_time, "agent connected");
 
     // This task's future is as large as its largest state (the TLS and
     // WebSocket handshakes); a small task of its own waits out the link, so
@@ -239,10 +365,13 @@ async fn serve_inner(
     let watcher = Arc::clone(&server);
     server.tasks.spawn(
         async move {
+            let link = agent.link().clone();
             let reason = link.closed().await;
-            watcher.registry.remove(&agent);
+            // Unless a replacement or a disconnect removed it (and reported
+            // it) already.
+            watcher.registry.remove(&agent, reason.clone());
             tracing::info!(%reason, "agent disconnected");
-            watcher.emit(ServerEvent::AgentDisconnected(agent, reason));
+            drop(agent);
             link.stopped().await;
         }
         .instrument(tracing::Span::current()),
@@ -251,7 +380,7 @@ async fn serve_inner(
 
 async fn authenticate<S>(
     ws: &mut WebSocketStream<S>,
-    server: &Inner,
+    server: &Arc<Inner>,
 ) -> Result<
     (
         Grant,
@@ -284,32 +413,36 @@ where
         }
     };
     let verified = hs.verify_auth(&server.secret, auth)?;
-    let grant = match server.names.grant(&hs, &verified, &server.registry).await {
+    // The agent proved the secret over its nonce: from here on every refusal
+    // carries the server's proof, so the agent can trust that it is final.
+    let proven = |r: Refusal| Failure::Refused(hs.prove_refusal(&server.secret, &verified, r));
+    let grant = match grant_detached(server, &hs, &verified).await {
         Ok(grant) => grant,
-        Err(GrantError::Refused(r)) => return Err(r.into()),
+        Err(GrantError::Refused(r)) => return Err(proven(r)),
         Err(GrantError::Held(old)) => {
             // The agent proved the name, but a registered link holds it. A
             // live holder keeps it; a silent one (half-open after a network
             // cut) is stale and gives way, so a reconnect is never refused
             // forever.
             if old.link().probe(server.probe_timeout).await {
-                return Err(Failure::Refused(Refusal::new(
+                return Err(proven(Refusal::new(
                     codes::DUPLICATE_ID,
                     format!("{} is connected already", old.name()),
                     close::DUPLICATE_ID,
                 )));
             }
             tracing::info!("replacing a stale link of the same name");
-            old.link().close(
+            // Removes and reports the old link now, so its AgentDisconnected
+            // comes before this connection's AgentConnected.
+            old.end(
                 close::HEARTBEAT_TIMEOUT,
                 "stale: replaced by a new connection",
             );
-            server.registry.remove(&old);
-            match server.names.grant(&hs, &verified, &server.registry).await {
+            match grant_detached(server, &hs, &verified).await {
                 Ok(grant) => grant,
-                Err(GrantError::Refused(r)) => return Err(r.into()),
+                Err(GrantError::Refused(r)) => return Err(proven(r)),
                 Err(GrantError::Held(again)) => {
-                    return Err(Failure::Refused(Refusal::new(
+                    return Err(proven(Refusal::new(
                         codes::DUPLICATE_ID,
                         format!("{} is connected already", again.name()),
                         close::DUPLICATE_ID,
@@ -317,11 +450,6 @@ where
                 }
             }
         }
-    };
-    // Should the deadline cancel us before `welcome` is out, free the name.
-    let reservation = Reservation {
-        server,
-        name: Some(grant.name.clone()),
     };
     let limits = Limits {
         max_message_bytes: server.link.max_message_bytes as u64,
@@ -334,33 +462,45 @@ where
     let (welcome, session) = hs.welcome(
         &server.secret,
         &verified,
-        &grant.name,
+        grant.name(),
         grant.first_time,
         grant.token.as_ref(),
         limits,
     );
-    // The welcome goes out as the link's first frame, once the agent is
-    // registered.
-    reservation.keep();
+    // Should the deadline cancel us from here on, dropping the grant frees
+    // the name; the welcome goes out as the link's first frame, once the
+    // agent is registered.
     Ok((grant, welcome, session, verified.meta))
 }
 
-/// Releases a reserved name unless kept.
-struct Reservation<'a> {
-    server: &'a Inner,
-    name: Option<String>,
-}
-
-impl Reservation<'_> {
-    fn keep(mut self) {
-        self.name = None;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if let Some(name) = self.name.take() {
-            self.server.registry.release(&name);
+/// Runs the grant on a task of its own, so the handshake deadline never
+/// cuts it off half-way: a save in progress either completes or is undone,
+/// as a whole. When this future is dropped first, the grant sees it: it does
+/// not start, or frees its reservation once done.
+async fn grant_detached(
+    server: &Arc<Inner>,
+    hs: &ServerHandshake,
+    auth: &VerifiedAuth,
+) -> Result<Grant, GrantError> {
+    let (tx, rx) = oneshot::channel();
+    let (task_server, hs, auth) = (Arc::clone(server), hs.clone(), auth.clone());
+    server.tasks.spawn(
+        async move {
+            let s = &task_server;
+            let result = s
+                .names
+                .grant(&hs, &auth, &s.registry, || !tx.is_closed())
+                .await;
+            // Undelivered, the grant is dropped, and so is its reservation.
+            let _ = tx.send(result);
         }
-    }
+        .instrument(tracing::Span::current()),
+    );
+    rx.await.unwrap_or_else(|_| {
+        Err(GrantError::Refused(Refusal::new(
+            codes::INTERNAL_ERROR,
+            "the name decision failed",
+            close::INTERNAL_ERROR,
+        )))
+    })
 }

@@ -12,7 +12,11 @@
 //! * [`config`]: the builder and its defaults.
 //! * `server`: the accept loop, calls, events and shutdown.
 //! * `connection`: one connection from upgrade to close, in its own task.
+//! * `handshakes`: the bound on connections not authenticated yet, per
+//!   source and in all, with fair eviction.
+//! * `first_message`: the handshake's small message limit.
 //! * `names`: which names were given, persisted in a [`NameStore`].
+//! * `binds`: how a retried first-time grant is recognised.
 //! * `registry`: the connected agents by name.
 //! * [`Agent`]: the handle on one connected agent.
 //!
@@ -47,9 +51,12 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod binds;
 pub mod config;
 mod connection;
 mod events;
+mod first_message;
+mod handshakes;
 mod names;
 mod registry;
 mod server;
@@ -57,7 +64,7 @@ mod tls;
 
 pub use agent::Agent;
 pub use config::ServerBuilder;
-pub use events::ServerEvent;
+pub use events::{HandshakeFailure, ServerEvent};
 pub use server::{AgentServer, ServerStats, Target};
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
@@ -70,3 +77,6 @@ pub use agent_protocol::{
 /// `ClientConfig`, certificate types), re-exported so a hand-built TLS
 /// configuration always matches the version in use.
 pub use tokio_rustls::rustls;
+
+/// A DER certificate, as [`Agent::peer_certificates`] returns them.
+pub use tokio_rustls::rustls::pki_types::CertificateDer;

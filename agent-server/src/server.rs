@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::close;
+use agent_protocol::log_limit::LogLimit;
 use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret};
 use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::net::IpAddr;
 use tokio::net::TcpListener;
 
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -23,57 +22,66 @@ use tracing::Instrument;
 use crate::agent::Agent;
 use crate::config::ServerBuilder;
 use crate::connection;
-use crate::events::ServerEvent;
+use crate::events::{HandshakeFailure, ServerEvent};
+use crate::handshakes::Handshakes;
 use crate::names::NameBook;
 use crate::registry::{Lookup, Registry};
 
 /// Capacity of the event channel.
 const EVENT_CAPACITY: usize = 4096;
+/// Capacity of the handshake failure channel.
+const FAILURE_CAPACITY: usize = 1024;
 
 pub(crate) struct Inner {
     pub(crate) secret: Secret,
     pub(crate) sign_frames: bool,
     pub(crate) handshake_timeout: Duration,
+    /// Deadline from accept to the end of the WebSocket upgrade (and TLS).
+    pub(crate) upgrade_timeout: Duration,
+    /// Largest first message (`auth`) a connection may send.
+    pub(crate) max_handshake_message_bytes: usize,
     pub(crate) default_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) link: LinkConfig,
     pub(crate) names: NameBook,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) hooks: Hooks<Agent>,
+    /// Lifecycle events only: unauthenticated peers cannot crowd them out.
     events: broadcast::Sender<ServerEvent>,
+    /// Failed handshakes, apart from `events`.
+    failures: broadcast::Sender<HandshakeFailure>,
+    /// Failed handshakes by code, for readers without a receiver.
+    failure_counts: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
     /// Cancelled when the server stops accepting.
     pub(crate) stop: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
     pub(crate) probe_timeout: Duration,
-    /// Permits for connections in their handshake.
-    handshakes: Arc<Semaphore>,
-    max_handshakes: usize,
-    /// Connections in their handshake, by source address.
-    handshakes_by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
-    max_handshakes_per_ip: usize,
+    /// Slots of the connections not authenticated yet.
+    handshakes: Arc<Handshakes>,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Inner {
-    pub(crate) fn emit(&self, event: ServerEvent) {
-        // No receiver is fine: events are optional.
-        let _ = self.events.send(event);
+    /// Counts and broadcasts a failed handshake.
+    pub(crate) fn handshake_failed(&self, peer_addr: SocketAddr, code: &'static str) {
+        *self.failure_counts.lock().entry(code).or_default() += 1;
+        let _ = self.failures.send(HandshakeFailure { peer_addr, code });
     }
 }
 
 /// Stops the server when the last [`AgentServer`] handle is dropped: no more
-/// accepts, and every link closes with 1001 at once.
+/// accepts or registrations, and every link closes with 1001 at once.
 struct StopOnDrop(Arc<Inner>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.stop.cancel();
-        for agent in self.0.registry.live() {
-            agent.link().close(close::GOING_AWAY, "server dropped");
-        }
+        self.0
+            .registry
+            .close(|agent| agent.link().close(close::GOING_AWAY, "server dropped"));
     }
 }
 
@@ -85,7 +93,9 @@ pub struct ServerStats {
     pub agents: usize,
     /// Names reserved by handshakes that have not finished.
     pub reserved_names: usize,
-    /// Connections in their handshake.
+    /// Connections not authenticated yet, including those still telling
+    /// the peer why their handshake failed (bounded by
+    /// `max_pending_handshakes`).
     pub handshakes: usize,
     /// Connection tasks alive, in any state (including ones still closing).
     pub connections: usize,
@@ -100,7 +110,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// True when nothing is left: no agent, reserved name, handshake,
-    /// connection task, or request either way. A server whose agents have
+    /// connection task, running hook, or request either way. A server whose agents have
     /// all gone reaches this once their connections have closed.
     pub fn is_idle(&self) -> bool {
         *self == ServerStats::default()
@@ -207,25 +217,30 @@ impl AgentServer {
         let tls = b.tls.server_config()?.map(tokio_rustls::TlsAcceptor::from);
         let names = NameBook::load(format, b.store).await?;
         let local_addr = listener.local_addr()?;
+        let events = broadcast::channel(EVENT_CAPACITY).0;
         let inner = Arc::new(Inner {
             secret,
             sign_frames: b.sign_frames,
             handshake_timeout: b.handshake_timeout,
+            upgrade_timeout: b.upgrade_timeout,
+            // Never above the link's own limit, which applies from the start.
+            max_handshake_message_bytes: b
+                .max_handshake_message_bytes
+                .min(b.link.max_message_bytes),
             default_timeout: b.default_timeout,
             shutdown_grace: b.shutdown_grace,
             link: b.link,
             names,
-            registry: Registry::default(),
+            registry: Registry::new(events.clone()),
             hooks: Hooks::new(),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
+            failures: broadcast::channel(FAILURE_CAPACITY).0,
+            failure_counts: parking_lot::Mutex::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             local_addr,
             probe_timeout: b.probe_timeout,
-            handshakes: Arc::new(Semaphore::new(b.max_handshakes.max(1))),
-            max_handshakes: b.max_handshakes.max(1),
-            handshakes_by_ip: Arc::default(),
-            max_handshakes_per_ip: b.max_handshakes_per_ip.max(1),
+            handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
         });
         let span = tracing::info_span!("agent_server", addr = %local_addr);
@@ -275,9 +290,46 @@ impl AgentServer {
         self
     }
 
-    /// Subscribes to [`ServerEvent`]s from now on.
+    /// Subscribes to [`ServerEvent`]s from now on: agents connecting and
+    /// disconnecting. Failed handshakes go to
+    /// [`AgentServer::handshake_failures`] instead, so no number of them can
+    /// push a lifecycle event out of a slow receiver's queue.
     pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Subscribes to failed handshakes from now on, one
+    /// [`HandshakeFailure`] per connection that never became an agent
+    /// (those dropped at accept are not reported). Any peer can cause these
+    /// at will, so a receiver that falls 1024 behind skips the oldest; the
+    /// totals in [`AgentServer::handshake_failure_counts`] miss none.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) {
+    /// let mut failures = server.handshake_failures();
+    /// while let Ok(f) = failures.recv().await {
+    ///     if f.code == agent_server::codes::WRONG_SECRET {
+    ///         eprintln!("{} does not know the secret", f.peer_addr);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn handshake_failures(&self) -> broadcast::Receiver<HandshakeFailure> {
+        self.inner.failures.subscribe()
+    }
+
+    /// How many handshakes failed since the server started, by code (the
+    /// codes of [`HandshakeFailure::code`]).
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) {
+    /// let counts = server.handshake_failure_counts();
+    /// let wrong = counts.get(agent_server::codes::WRONG_SECRET).copied().unwrap_or(0);
+    /// println!("{wrong} connections with a wrong secret");
+    /// # }
+    /// ```
+    pub fn handshake_failure_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.inner.failure_counts.lock().clone()
     }
 
     /// The connected agents, sorted by name.
@@ -293,10 +345,16 @@ impl AgentServer {
         }
     }
 
+    /// The connected agent of `name`, or why there is none.
     fn resolve(&self, name: &str) -> Result<Agent, Error> {
+        if self.inner.names.is_revoked(name) {
+            return Err(Error::Revoked(name.to_owned()));
+        }
         match self.inner.registry.get(name) {
-            Lookup::Live(a) => Ok(a),
-            Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
+            Lookup::Live(a) if a.is_connected() => Ok(a),
+            // A link that just ended is offline, though its entry may still
+            // wait for its connection task to remove it.
+            Lookup::Live(_) | Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
             Lookup::Absent if self.inner.names.is_known(name) => {
                 Err(Error::AgentNotConnected(name.to_owned()))
             }
@@ -306,9 +364,10 @@ impl AgentServer {
 
     /// Calls hook `action` on one agent with the default timeout.
     ///
-    /// Fails with `UNKNOWN_AGENT` for a name never given,
-    /// `AGENT_NOT_CONNECTED` for a known name that is offline, `TIMEOUT`, or
-    /// the agent's own error.
+    /// Fails with `UNKNOWN_AGENT` for a name never given, `REVOKED` for a
+    /// revoked name, `AGENT_NOT_CONNECTED` for a known name that is offline,
+    /// `SHUTDOWN` once shutdown has begun, `TIMEOUT`, `CONNECTION_CLOSED`
+    /// when the link drops during the call, or the agent's own error.
     pub async fn send_to<B, R>(
         &self,
         target: impl Into<Target>,
@@ -335,6 +394,9 @@ impl AgentServer {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let target = target.into();
         let agent = self.resolve(target.name())?;
         agent.send_timeout(action, body, timeout).await
@@ -344,9 +406,9 @@ impl AgentServer {
     /// timeout, and returns each agent's own result by name.
     ///
     /// One agent's failure never fails the others. Fails as a whole only with
-    /// `NO_CONNECTED_AGENTS`, or `INVALID_MESSAGE` when `body` does not
-    /// serialize. Dropping the future before it finished cancels every call
-    /// still waiting, on every agent.
+    /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
+    /// `INVALID_MESSAGE` when `body` does not serialize. Dropping the future
+    /// before it finished cancels every call still waiting, on every agent.
     pub async fn send_all<B, R>(
         &self,
         action: &str,
@@ -371,6 +433,9 @@ impl AgentServer {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let agents = self.inner.registry.live();
         if agents.is_empty() {
             return Err(Error::NoConnectedAgents);
@@ -395,8 +460,9 @@ impl AgentServer {
 
     /// Sends one agent a notification (see [`Agent::notify`]): its hook
     /// `action` runs and nothing comes back. Fails like
-    /// [`AgentServer::send_to`] for an agent that is not connected, and with
-    /// `UNSUPPORTED` for an agent written before notifications.
+    /// [`AgentServer::send_to`] for an agent that is not connected
+    /// (`SHUTDOWN` once shutdown has begun), and with `UNSUPPORTED` for an
+    /// agent written before notifications.
     ///
     /// ```no_run
     /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
@@ -412,6 +478,9 @@ impl AgentServer {
     where
         B: Serialize + ?Sized,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let target = target.into();
         self.resolve(target.name())?.notify(action, body).await
     }
@@ -419,8 +488,8 @@ impl AgentServer {
     /// Sends every connected agent the same notification at once, and
     /// returns by name whether each was queued (`UNSUPPORTED` for an agent
     /// written before notifications). Fails as a whole only with
-    /// `NO_CONNECTED_AGENTS`, or `INVALID_MESSAGE` when `body` does not
-    /// serialize.
+    /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
+    /// `INVALID_MESSAGE` when `body` does not serialize.
     ///
     /// ```no_run
     /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
@@ -439,6 +508,9 @@ impl AgentServer {
     where
         B: Serialize + ?Sized,
     {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
         let agents = self.inner.registry.live();
         if agents.is_empty() {
             return Err(Error::NoConnectedAgents);
@@ -453,19 +525,41 @@ impl AgentServer {
         Ok(join_all(notes).await.into_iter().collect())
     }
 
-    /// Closes the link of the agent `name` with close code 4006 and `reason`.
-    pub fn disconnect(&self, name: &str, reason: &str) -> Result<(), Error> {
-        self.resolve(name)?.disconnect(reason);
+    /// Disconnects the agent `target` names (for an [`Agent`] handle, the
+    /// current connection of its name) with close code 4006 and `reason`,
+    /// as [`Agent::disconnect`] does: returns at once, with the agent no
+    /// longer listed, its calls in flight failed and its `AgentDisconnected`
+    /// event out; the close frame follows in the background. The agent may
+    /// reconnect; [`AgentServer::revoke`] keeps it out.
+    ///
+    /// Fails, doing nothing, with `UNKNOWN_AGENT`, `REVOKED` or
+    /// `AGENT_NOT_CONNECTED`, as [`AgentServer::send_to`] would.
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// server.disconnect("A0001", "maintenance window")?;
+    /// assert!(server.agent("A0001").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn disconnect(&self, target: impl Into<Target>, reason: &str) -> Result<(), Error> {
+        let target = target.into();
+        self.resolve(target.name())?.disconnect(reason);
         Ok(())
     }
 
     /// Revokes `name`: it is refused at every later handshake with `REVOKED`
     /// (close code 4007), and a live agent of that name is disconnected with
-    /// that code now. Persisted in the name store.
+    /// that code now; calls to it fail with `REVOKED`. Persisted in the name
+    /// store before it takes effect; when saving fails, nothing changes and
+    /// the store's error is returned. A handshake of the name that is
+    /// finishing meanwhile is refused too, never registered.
     pub async fn revoke(&self, name: &str, reason: &str) -> Result<(), Error> {
         self.inner.names.set_revoked(name, true).await?;
+        // A handshake past its name check is admitted only after checking
+        // the revocation again, under the registry's lock: it is either
+        // refused there or found live here.
         if let Lookup::Live(agent) = self.inner.registry.get(name) {
-            agent.link().close(close::REVOKED, reason);
+            agent.end(close::REVOKED, reason);
         }
         Ok(())
     }
@@ -480,16 +574,26 @@ impl AgentServer {
         self.inner.names.is_revoked(name)
     }
 
-    /// Shuts down gracefully: stops accepting, lets calls in flight finish
-    /// for up to the shutdown grace, then closes every link with 1001 (calls
-    /// still in flight fail with `CONNECTION_CLOSED`), and waits for the
-    /// connections to end.
+    /// Shuts down gracefully and returns once every connection has ended
+    /// and the port is released.
+    ///
+    /// At once: stops accepting, admits no more agents (a handshake that
+    /// finishes from now on is closed with 1001 instead of registered), and
+    /// takes no new calls either way: [`AgentServer::send_to`],
+    /// [`AgentServer::send_all`] and [`Agent::send`] fail with `SHUTDOWN`,
+    /// and agents' new requests are answered with a `SHUTDOWN` error. Then
+    /// the calls already in flight get up to the shutdown grace to finish;
+    /// shutdown goes on as soon as they have (it looks every 10 ms), or when
+    /// the grace is over. Last, every link closes with 1001 (calls still in
+    /// flight fail with `CONNECTION_CLOSED`).
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        // Under the registry's lock: every agent it ever admits is drained.
+        inner.registry.close(|agent| agent.link().drain());
         inner.stop.cancel();
         let grace_end = agent_protocol::time::deadline_in(inner.shutdown_grace);
-        // Poll rather than wire a notification through every link: shutdown
-        // is rare and the grace is long compared with the interval.
+        // Nothing new starts, so what is in flight only dwindles; polling it
+        // costs nothing that matters next to a grace of seconds.
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
             let busy = inner
@@ -521,9 +625,7 @@ impl AgentServer {
         ServerStats {
             agents: live.len(),
             reserved_names: inner.registry.reserved_count(),
-            handshakes: inner
-                .max_handshakes
-                .saturating_sub(inner.handshakes.available_permits()),
+            handshakes: inner.handshakes.taken(),
             // One tracked task is the accept loop while it runs.
             connections: inner
                 .tasks
@@ -541,42 +643,8 @@ impl AgentServer {
     }
 }
 
-/// One connection's place among those in their handshake, counted globally
-/// and per source address; dropping it frees both.
-pub(crate) struct HandshakeSlot {
-    _permit: OwnedSemaphorePermit,
-    by_ip: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl HandshakeSlot {
-    fn take(inner: &Inner, ip: IpAddr) -> Option<Self> {
-        let permit = Arc::clone(&inner.handshakes).try_acquire_owned().ok()?;
-        let mut by_ip = inner.handshakes_by_ip.lock();
-        let count = by_ip.entry(ip).or_insert(0);
-        if *count >= inner.max_handshakes_per_ip {
-            return None;
-        }
-        *count += 1;
-        Some(HandshakeSlot {
-            _permit: permit,
-            by_ip: Arc::clone(&inner.handshakes_by_ip),
-            ip,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut by_ip = self.by_ip.lock();
-        if let Some(count) = by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
-    }
-}
+/// The accept-time drop line: any peer can trigger it, once per connection.
+static ACCEPT_DROPS: LogLimit = LogLimit::per_second(5);
 
 async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     loop {
@@ -595,9 +663,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                         continue;
                     }
                 };
-                let Some(slot) = HandshakeSlot::take(&inner, peer_addr.ip()) else {
-                    tracing::warn!(peer = %peer_addr, "too many pending handshakes; connection dropped");
-                    continue;
+                let slot = match inner.handshakes.take(peer_addr.ip()) {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        if let Some(suppressed) = ACCEPT_DROPS.allow() {
+                            tracing::warn!(peer = %peer_addr, suppressed, "{full}; connection dropped");
+                        }
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let inner2 = Arc::clone(&inner);

@@ -18,6 +18,9 @@ pub async fn server(bind: SocketAddr, sign: bool) -> Res<AgentServer> {
         .secret(SECRET)
         .sign_frames(sign)
         .default_timeout(CALL_TIMEOUT)
+        // Every benchmark agent connects from the same address, up to 256
+        // at a time: let that one source use the whole handshake pool.
+        .max_pending_handshakes_per_ip(agent_server::config::DEFAULT_MAX_HANDSHAKES)
         .start(bind)
         .await
         .ctx("starting the agent-tunnel server")?;

@@ -32,12 +32,14 @@ fn identity(mode: u8) -> Identity {
     let with_token = |name: &str| Identity {
         name: Some(name.to_owned()),
         token: Some(crypto::name_token(&server_key(), name)),
+        bind: None,
     };
     match mode % 4 {
         0 => Identity::default(),
         1 => Identity {
             name: Some("A0001".to_owned()),
             token: None,
+            bind: None,
         },
         2 => with_token("A0001"),
         _ => with_token("worker-7.eu"),

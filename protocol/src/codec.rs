@@ -53,6 +53,7 @@ struct Flat<'a> {
     sign: Option<bool>,
     name: Option<String>,
     claim: Option<String>,
+    bind: Option<String>,
     meta: Option<Map<String, Value>>,
     proof: Option<String>,
     first_time: Option<bool>,
@@ -146,6 +147,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             nonce: need(f.nonce, "auth", "nonce")?,
             name: f.name,
             claim: f.claim,
+            bind: f.bind,
             meta: f.meta.unwrap_or_default(),
             proof: need(f.proof, "auth", "proof")?,
             caps: f.caps.unwrap_or_default(),
@@ -161,6 +163,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
         "reject" => Frame::Reject(Reject {
             code: need(f.code, "reject", "code")?,
             message: f.message.unwrap_or_default(),
+            proof: f.proof,
         }),
         "note" => Frame::Note(Note {
             action: need(f.action, "note", "action")?,
@@ -777,6 +780,7 @@ mod tests {
                 nonce: "cd".repeat(32),
                 name: Some("A0001".into()),
                 claim: Some("ef".repeat(32)),
+                bind: Some("ab".repeat(32)),
                 meta: serde_json::from_str(r#"{"region":"eu"}"#).unwrap(),
                 proof: "01".repeat(32),
                 caps: vec!["note".into(), "future-thing".into()],
@@ -796,6 +800,12 @@ mod tests {
             Frame::Reject(Reject {
                 code: "WRONG_SECRET".into(),
                 message: "bad proof".into(),
+                proof: None,
+            }),
+            Frame::Reject(Reject {
+                code: "REVOKED".into(),
+                message: "revoked".into(),
+                proof: Some("04".repeat(32)),
             }),
         ];
         for f in frames {

@@ -27,6 +27,8 @@ pub const TAG_CLAIM: &[u8] = b"agent-tunnel/v1/claim";
 pub const TAG_SESSION: &[u8] = b"agent-tunnel/v1/session";
 /// Tag of a signed frame's MAC.
 pub const TAG_FRAME: &[u8] = b"agent-tunnel/v1/frame";
+/// Tag of the server's proof of a refusal (`reject.proof`).
+pub const TAG_REJECT: &[u8] = b"agent-tunnel/v1/reject";
 
 /// The shared secret. Its `Debug` prints no byte of it.
 #[derive(Clone)]
@@ -184,6 +186,22 @@ pub fn server_proof_input(
         .var(name.as_bytes())
 }
 
+/// `HMAC(secret, TAG_REJECT ‖ nonce_s ‖ nonce_c ‖ len32(code) ‖ code)`: the
+/// server's proof that it, and not a forger, refused this connection with
+/// `code`. Only a server whose peer's `auth.proof` verified sends it, since
+/// only then is `nonce_c` bound to an agent that knows the secret.
+pub fn reject_proof_input(
+    secret: &Secret,
+    nonce_s: &[u8; LEN],
+    nonce_c: &[u8; LEN],
+    code: &str,
+) -> MacInput {
+    MacInput::new(secret.bytes(), TAG_REJECT)
+        .fixed(nonce_s)
+        .fixed(nonce_c)
+        .var(code.as_bytes())
+}
+
 /// `HMAC(server_key, TAG_NAME_TOKEN ‖ len32(name) ‖ name)`.
 pub fn name_token(server_key: &Key, name: &str) -> Key {
     Key(MacInput::new(&server_key.0, TAG_NAME_TOKEN)
@@ -245,6 +263,9 @@ mod tests {
         assert!(client_proof_input(&s, &[1; LEN], &[2; LEN], "A1").verify(&a));
         assert!(!client_proof_input(&s, &[1; LEN], &[2; LEN], "A2").verify(&a));
         assert!(!client_proof_input(&s, &[1; LEN], &[2; LEN], "A1").verify(&a[..31]));
+        let r = reject_proof_input(&s, &[1; LEN], &[2; LEN], "A1").finish();
+        assert_ne!(r, a);
+        assert_ne!(r, b);
     }
 
     #[test]

@@ -180,6 +180,11 @@ pub enum Error {
     /// The name is known, but its agent is offline (`AGENT_NOT_CONNECTED`).
     #[error("agent {0:?} is not connected")]
     AgentNotConnected(String),
+    /// The server revoked this name: no agent of it is, or will be,
+    /// connected (`REVOKED`). The handshake's refusal of a revoked name is
+    /// [`Error::Rejected`] with the same code.
+    #[error("agent {0:?} is revoked")]
+    Revoked(String),
     /// `send_all` found no connected agent (`NO_CONNECTED_AGENTS`).
     #[error("no agent is connected")]
     NoConnectedAgents,
@@ -252,6 +257,7 @@ impl Error {
             Error::Remote(e) => &e.code,
             Error::UnknownAgent(_) => codes::UNKNOWN_AGENT,
             Error::AgentNotConnected(_) => codes::AGENT_NOT_CONNECTED,
+            Error::Revoked(_) => codes::REVOKED,
             Error::NoConnectedAgents => codes::NO_CONNECTED_AGENTS,
             Error::Offline => codes::OFFLINE,
             Error::Busy => codes::BUSY,

@@ -79,8 +79,8 @@ pub struct Hello {
     pub caps: Vec<String>,
 }
 
-/// `auth {nonce, name?, claim?, meta, proof, caps?}`. `Debug` leaves out
-/// the proof and the claim.
+/// `auth {nonce, name?, claim?, bind?, meta, proof, caps?}`. `Debug` leaves
+/// out the proof, the claim and the bind.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
     /// The agent's nonce, 32 random bytes as lowercase hex.
@@ -91,6 +91,11 @@ pub struct Auth {
     /// Proof that the agent holds the name's token, as lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// 32 random bytes as lowercase hex, picked by an agent that holds no
+    /// token yet and repeated on its retries, so that the server can give a
+    /// first-time grant whose `welcome` was lost again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
     /// Free-form metadata the server keeps on the agent's handle.
     #[serde(default)]
     pub meta: Map<String, Value>,
@@ -134,10 +139,21 @@ impl std::fmt::Debug for Auth {
             .field("nonce", &self.nonce)
             .field("name", &self.name)
             .field("claim", &redacted(&self.claim))
+            .field("bind", &redacted(&self.bind))
             .field("meta", &self.meta)
             .field("proof", &"<redacted>")
             .field("caps", &self.caps)
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reject")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("proof", &redacted(&self.proof))
+            .finish()
     }
 }
 
@@ -165,13 +181,18 @@ pub struct Limits {
     pub ping_interval_ms: u64,
 }
 
-/// `reject {code, message}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `reject {code, message, proof?}`. `Debug` leaves out the proof.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
     /// Stable error code, e.g. `WRONG_SECRET`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// The server's proof of the refusal over both nonces and `code`, as
+    /// lowercase hex; present only when the agent's own proof verified (a
+    /// server cannot prove anything to an agent that lacks the secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// `req {id, action, body, timeout_ms}`.

@@ -3,8 +3,8 @@
 //! ```text
 //! server                                   agent
 //!   hello {v, nonce_s, sign, caps?}  ────►
-//!                             ◄─────────── auth {nonce_c, name?, claim?, meta, proof, caps?}
-//!   welcome {name, first_time, token?, proof, limits, caps?}  or  reject {code, message}
+//!                             ◄─────────── auth {nonce_c, name?, claim?, bind?, meta, proof, caps?}
+//!   welcome {name, first_time, token?, proof, limits, caps?}  or  reject {code, message, proof?}
 //! ```
 //!
 //! Capabilities ([`Caps`]) are announced by each side (`hello.caps`,
@@ -17,13 +17,20 @@
 //! in `welcome.proof`, so an agent never talks to a server that does not know
 //! the secret. A name, once given, is bound to a token that only the server
 //! can derive; reclaiming the name requires `claim`, a MAC under that token.
-//! The secret itself never crosses the wire.
+//! The secret itself never crosses the wire. A refusal made once the agent's
+//! proof verified carries the server's proof too
+//! ([`ServerHandshake::prove_refusal`], [`ClientHandshake::reject_is_proven`]),
+//! so an agent can tell a genuine final refusal from a forged one.
+//! An agent that holds no token yet
+//! may send `bind`, a random value it repeats on its retries, so that a
+//! server can repeat a first-time grant whose `welcome` was lost.
 //!
 //! Name policy (which name an agent gets) needs the server's store, so it is
 //! left to the server: [`ServerHandshake::verify_auth`] checks the proofs and
 //! [`ServerHandshake::welcome`] writes the answer.
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::caps::Caps;
 use crate::close;
@@ -44,7 +51,11 @@ pub struct Session {
 
 /// A failed handshake as the server answers it: a `reject` frame's code and
 /// text, and the close code that follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A refusal made after the agent's proof verified can carry the server's
+/// proof of it ([`ServerHandshake::prove_refusal`]), so the agent can tell a
+/// genuine final refusal from a forged one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable code for the `reject` frame.
     pub code: &'static str,
@@ -52,23 +63,42 @@ pub struct Refusal {
     pub message: String,
     /// WebSocket close code.
     pub close_code: u16,
+    proof: Option<[u8; LEN]>,
+}
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refusal")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("close_code", &self.close_code)
+            .field("proven", &self.proof.is_some())
+            .finish()
+    }
 }
 
 impl Refusal {
-    /// A refusal with its code, text and close code.
+    /// A refusal with its code, text and close code, not yet proven.
     pub fn new(code: &'static str, message: impl Into<String>, close_code: u16) -> Self {
         Refusal {
             code,
             message: message.into(),
             close_code,
+            proof: None,
         }
     }
 
-    /// The `reject` frame to send.
+    /// True when the refusal carries the server's proof.
+    pub fn is_proven(&self) -> bool {
+        self.proof.is_some()
+    }
+
+    /// The `reject` frame to send, with `proof` when the refusal is proven.
     pub fn frame(&self) -> Frame {
         Frame::Reject(Reject {
             code: self.code.to_owned(),
             message: self.message.clone(),
+            proof: self.proof.map(hex::encode),
         })
     }
 }
@@ -81,6 +111,7 @@ pub struct VerifiedAuth {
     /// The name the agent asked for.
     pub name: Option<String>,
     claim: Option<[u8; LEN]>,
+    bind: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
     caps: Caps,
@@ -96,11 +127,51 @@ impl VerifiedAuth {
 
 impl std::fmt::Debug for VerifiedAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A bind lets its holder repeat a first-time grant: never shown.
         f.debug_struct("VerifiedAuth")
             .field("name", &self.name)
-            .field("claim", &self.claim.as_ref().map(|_| "<redacted>"))
+            .field("claim", &self.claim.map(|_| "<present>"))
+            .field("bind", &self.bind.map(|_| "<redacted>"))
             .field("meta", &self.meta)
-            .finish_non_exhaustive()
+            .finish()
+    }
+}
+
+impl VerifiedAuth {
+    /// The SHA-256 of the agent's `bind`, when it sent one: what a server
+    /// keeps to recognise the agent's retry of a first-time grant.
+    pub fn bind_digest(&self) -> Option<BindDigest> {
+        self.bind.map(|b| BindDigest(Sha256::digest(b).into()))
+    }
+}
+
+/// The SHA-256 of an `auth.bind`. Equality is decided in constant time, and
+/// `Debug` shows nothing of it.
+#[derive(Clone, Copy)]
+pub struct BindDigest([u8; LEN]);
+
+impl PartialEq for BindDigest {
+    fn eq(&self, other: &Self) -> bool {
+        // Every byte is looked at, whatever the first difference.
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl Eq for BindDigest {}
+
+impl std::hash::Hash for BindDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl std::fmt::Debug for BindDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindDigest(<redacted>)")
     }
 }
 
@@ -183,10 +254,21 @@ impl ServerHandshake {
                 )
             })?),
         };
+        let bind = match auth.bind.as_deref() {
+            None => None,
+            Some(b) => Some(crypto::decode_hex32(b).ok_or_else(|| {
+                Refusal::new(
+                    codes::PROTOCOL_ERROR,
+                    "auth.bind must be 64 hex digits",
+                    close::PROTOCOL_ERROR,
+                )
+            })?),
+        };
         Ok(VerifiedAuth {
             nonce_c,
             name: auth.name,
             claim,
+            bind,
             meta: auth.meta,
             caps: Caps::from_names(&auth.caps),
         })
@@ -198,6 +280,34 @@ impl ServerHandshake {
         match &auth.claim {
             Some(claim) => crypto::claim_input(token, &self.nonce_s, &auth.nonce_c).verify(claim),
             None => false,
+        }
+    }
+
+    /// `refusal` with the server's proof of it (`reject.proof`, PROTOCOL.md
+    /// 6.6), for a refusal made after `auth`'s proof of the secret verified:
+    /// the agent then knows that the server, and not a forger, refused it.
+    ///
+    /// ```
+    /// use agent_protocol::handshake::{ClientHandshake, Identity, Refusal, ServerHandshake};
+    /// use agent_protocol::{close, codes, Frame, Secret};
+    ///
+    /// let secret = Secret::from("s3cret");
+    /// let server = ServerHandshake::new(false);
+    /// let mut agent = ClientHandshake::new(Identity::default(), Default::default());
+    /// let Frame::Auth(auth) = agent.on_hello(&secret, server.hello()).unwrap() else { panic!() };
+    /// let verified = server.verify_auth(&secret, auth).unwrap();
+    /// let refusal = Refusal::new(codes::REVOKED, "revoked", close::REVOKED);
+    /// let Frame::Reject(reject) = server.prove_refusal(&secret, &verified, refusal).frame() else {
+    ///     panic!()
+    /// };
+    /// assert!(agent.reject_is_proven(&secret, &reject));
+    /// ```
+    pub fn prove_refusal(&self, secret: &Secret, auth: &VerifiedAuth, refusal: Refusal) -> Refusal {
+        let proof =
+            crypto::reject_proof_input(secret, &self.nonce_s, &auth.nonce_c, refusal.code).finish();
+        Refusal {
+            proof: Some(proof),
+            ..refusal
         }
     }
 
@@ -237,6 +347,12 @@ pub struct Identity {
     pub name: Option<String>,
     /// The name's token, once the server gave one.
     pub token: Option<Key>,
+    /// While there is no token: 32 random bytes the agent picked for this
+    /// identity and sends as `auth.bind` on every try until a `welcome`
+    /// arrives, so that a server that gave the name but whose `welcome` was
+    /// lost gives the same name and token again. Kept in memory only; the
+    /// identity a `welcome` yields has none.
+    pub bind: Option<Key>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -244,6 +360,7 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("name", &self.name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("bind", &self.bind.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -337,18 +454,39 @@ impl ClientHandshake {
             )),
             _ => None,
         };
+        // A token proves the name; a bind only stands in while there is none.
+        let bind = match &self.identity.token {
+            Some(_) => None,
+            None => self.identity.bind.as_ref().map(Key::to_hex),
+        };
         Ok(Frame::Auth(Auth {
             nonce: hex::encode(self.nonce_c),
             name: self.identity.name.clone(),
             claim,
+            bind,
             meta: self.meta.clone(),
             proof: hex::encode(proof),
             caps: self.caps.to_wire(),
         }))
     }
 
+    /// True when `reject` carries a valid proof of the server (PROTOCOL.md
+    /// 6.6): then the refusal comes from a server that knows the secret, not
+    /// from a forger on the path. Compared in constant time; false before
+    /// `hello`, and for a missing or malformed proof.
+    pub fn reject_is_proven(&self, secret: &Secret, reject: &Reject) -> bool {
+        let (Some(nonce_s), Some(proof)) = (self.nonce_s, reject.proof.as_deref()) else {
+            return false;
+        };
+        let Some(proof) = crypto::decode_hex32(proof) else {
+            return false;
+        };
+        crypto::reject_proof_input(secret, &nonce_s, &self.nonce_c, &reject.code).verify(&proof)
+    }
+
     /// Reads the server's answer: `welcome` (checked against the server's
-    /// proof) or `reject`.
+    /// proof) or `reject` (whatever its proof: see
+    /// [`ClientHandshake::reject_is_proven`]).
     pub fn on_answer(&self, secret: &Secret, frame: Frame) -> Result<Established, Error> {
         let nonce_s = self
             .nonce_s
@@ -385,10 +523,17 @@ impl ClientHandshake {
             }
             None => None,
         };
+        // Once the agent holds a token its bind has served; without one (a
+        // server that gave none), the bind stays for the next try.
+        let bind = match token {
+            Some(_) => None,
+            None => self.identity.bind.clone(),
+        };
         Ok(Established {
             identity: Identity {
                 name: Some(welcome.name.clone()),
                 token,
+                bind,
             },
             name: welcome.name,
             first_time: welcome.first_time,
@@ -515,6 +660,7 @@ mod tests {
             Identity {
                 name: Some("A7".into()),
                 token: Some(token.clone()),
+                bind: None,
             },
         );
         let verified = verified.unwrap();
@@ -527,9 +673,46 @@ mod tests {
             Identity {
                 name: Some("A7".into()),
                 token: None,
+                bind: None,
             },
         );
         assert!(!server.claim_proves(&no_claim.unwrap(), &token));
+    }
+
+    #[test]
+    fn a_proven_refusal_verifies_only_for_its_connection_and_code() {
+        let (verified, server, client) = run("s", "s", Identity::default());
+        let verified = verified.unwrap();
+        let secret = Secret::from("s");
+        let refusal = Refusal::new(codes::REVOKED, "revoked", close::REVOKED);
+        assert!(!refusal.is_proven());
+        let Frame::Reject(unproven) = refusal.frame() else {
+            panic!("not reject")
+        };
+        assert_eq!(unproven.proof, None);
+        assert!(!client.reject_is_proven(&secret, &unproven));
+
+        let proven = server.prove_refusal(&secret, &verified, refusal);
+        assert!(proven.is_proven());
+        assert!(!format!("{proven:?}").contains(&hex::encode(proven.proof.unwrap())));
+        let Frame::Reject(reject) = proven.frame() else {
+            panic!("not reject")
+        };
+        assert!(client.reject_is_proven(&secret, &reject));
+        // Another secret, another code, or another connection: no proof.
+        assert!(!client.reject_is_proven(&Secret::from("t"), &reject));
+        let relabelled = Reject {
+            code: codes::WRONG_SECRET.into(),
+            ..reject.clone()
+        };
+        assert!(!client.reject_is_proven(&secret, &relabelled));
+        let (_, _, other_client) = run("s", "s", Identity::default());
+        assert!(!other_client.reject_is_proven(&secret, &reject));
+        let garbled = Reject {
+            proof: Some("zz".into()),
+            ..reject
+        };
+        assert!(!client.reject_is_proven(&secret, &garbled));
     }
 
     #[test]
@@ -550,5 +733,95 @@ mod tests {
                 .code,
             codes::WRONG_SECRET
         );
+    }
+
+    fn auth_of(identity: Identity) -> Auth {
+        let server = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(identity, Map::new());
+        match client.on_hello(&Secret::from("s"), server.hello()).unwrap() {
+            Frame::Auth(auth) => auth,
+            other => panic!("not auth: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bind_is_sent_only_while_there_is_no_token() {
+        let bind = Key::random();
+        let fresh = auth_of(Identity {
+            name: Some("box".into()),
+            token: None,
+            bind: Some(bind.clone()),
+        });
+        assert_eq!(fresh.bind, Some(bind.to_hex()));
+        let holder = auth_of(Identity {
+            name: Some("box".into()),
+            token: Some(Key::random()),
+            bind: Some(bind),
+        });
+        assert_eq!(holder.bind, None);
+        assert_eq!(auth_of(Identity::default()).bind, None);
+    }
+
+    #[test]
+    fn the_server_keeps_only_a_digest_of_the_bind_and_shows_neither() {
+        let bind = Key::random();
+        let identity = Identity {
+            name: None,
+            token: None,
+            bind: Some(bind.clone()),
+        };
+        assert!(!format!("{identity:?}").contains(&bind.to_hex()));
+        let (verified, _, _) = run("s", "s", identity);
+        let verified = verified.unwrap();
+        let digest = verified.bind_digest().expect("a bind was sent");
+        let expected: [u8; LEN] = Sha256::digest(bind.as_bytes()).into();
+        assert!(digest == BindDigest(expected));
+        assert!(digest != BindDigest([0; LEN]));
+        for shown in [format!("{verified:?}"), format!("{digest:?}")] {
+            assert!(!shown.contains(&bind.to_hex()), "{shown}");
+            assert!(!shown.contains(&hex::encode(expected)), "{shown}");
+        }
+        let (none, _, _) = run("s", "s", Identity::default());
+        assert!(none.unwrap().bind_digest().is_none());
+    }
+
+    #[test]
+    fn a_malformed_bind_is_a_protocol_error() {
+        let server = ServerHandshake::new(false);
+        let mut client = ClientHandshake::new(Identity::default(), Map::new());
+        let Frame::Auth(mut auth) = client.on_hello(&Secret::from("s"), server.hello()).unwrap()
+        else {
+            panic!("not auth")
+        };
+        auth.bind = Some("zz".into());
+        let refusal = server.verify_auth(&Secret::from("s"), auth).unwrap_err();
+        assert_eq!(refusal.code, codes::PROTOCOL_ERROR);
+        assert_eq!(refusal.close_code, close::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn a_welcome_with_a_token_clears_the_bind() {
+        let bind = Key::random();
+        let (verified, server, client) = run(
+            "s",
+            "s",
+            Identity {
+                name: None,
+                token: None,
+                bind: Some(bind),
+            },
+        );
+        let token = crypto::name_token(&Key::random(), "A1");
+        let (welcome, _) = server.welcome(
+            &Secret::from("s"),
+            &verified.unwrap(),
+            "A1",
+            true,
+            Some(&token),
+            LIMITS,
+        );
+        let est = client.on_answer(&Secret::from("s"), welcome).unwrap();
+        assert_eq!(est.identity.token, Some(token));
+        assert_eq!(est.identity.bind, None);
     }
 }

@@ -12,8 +12,10 @@
 //! * [`hooks`]: the handler registry and its chain rules.
 //! * [`caps`]: the optional features each side announces in the handshake
 //!   (cancellation, notifications).
-//! * [`link`]: one authenticated connection: a reader task, a writer task, and
-//!   the pending map that matches responses to requests. Both sides use it.
+//! * [`link`]: one authenticated connection: the driver task that owns the
+//!   socket both ways, the pending map that matches responses to requests,
+//!   the byte budget of what waits to be written, and the hook tasks tied to
+//!   the link. Both sides use it.
 //! * [`error`] and [`close`]: error codes and close codes.
 //! * [`log_limit`]: rate limits and clipping for log lines a peer can trigger.
 //! * [`time`]: deadline arithmetic that saturates instead of overflowing.

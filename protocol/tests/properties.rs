@@ -152,14 +152,16 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             hex(),
             prop::option::of(text()),
             prop::option::of(hex()),
+            prop::option::of(hex()),
             json_object(),
             (hex(), caps())
         )
             .prop_map(
-                |(nonce, name, claim, meta, (proof, caps))| Frame::Auth(Auth {
+                |(nonce, name, claim, bind, meta, (proof, caps))| Frame::Auth(Auth {
                     nonce,
                     name,
                     claim,
+                    bind,
                     meta,
                     proof,
                     caps,
@@ -182,7 +184,13 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     caps,
                 })
             }),
-        (text(), text()).prop_map(|(code, message)| Frame::Reject(Reject { code, message })),
+        (text(), text(), prop::option::of(hex())).prop_map(|(code, message, proof)| {
+            Frame::Reject(Reject {
+                code,
+                message,
+                proof,
+            })
+        }),
         (any::<u64>(), text(), body(), prop::option::of(any::<u64>())).prop_map(
             |(id, action, body, timeout_ms)| Frame::Req(Req {
                 id,
@@ -782,14 +790,17 @@ fn identity(who: &Who, server_key: &Key) -> Identity {
         Who::Named(n) => Identity {
             name: Some(n.clone()),
             token: None,
+            bind: None,
         },
         Who::WithToken(n) => Identity {
             name: Some(n.clone()),
             token: Some(crypto::name_token(server_key, n)),
+            bind: None,
         },
         Who::WrongToken(n) => Identity {
             name: Some(n.clone()),
             token: Some(crypto::name_token(server_key, &format!("{n}~"))),
+            bind: None,
         },
     }
 }

@@ -2,6 +2,9 @@
 //! aim at, a well-behaved agent that keeps calling both ways while they run,
 //! a process-wide panic counter, and the end-of-test checks.
 
+// Shared by the hostile and handshake-bounds suites; each uses a part.
+#![allow(dead_code)]
+
 pub mod wire;
 
 use std::collections::HashMap;
@@ -11,7 +14,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use agent_tunnel::client::{AgentClient, Backoff, ClientEvent};
-use agent_tunnel::server::{AgentServer, ServerBuilder, ServerEvent, ServerStats};
+use agent_tunnel::server::{
+    AgentServer, HandshakeFailure, ServerBuilder, ServerEvent, ServerStats,
+};
 use agent_tunnel::HookError;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
@@ -331,17 +336,13 @@ pub async fn wait_stats(
     }
 }
 
-/// Waits for the `HandshakeFailed` event of the connection from `peer` and
+/// Waits for the handshake failure of the connection from `peer` and
 /// returns its code.
 pub async fn handshake_failed(
-    rx: &mut broadcast::Receiver<ServerEvent>,
+    rx: &mut broadcast::Receiver<HandshakeFailure>,
     peer: SocketAddr,
 ) -> String {
-    common::wait_for(rx, |e| match e {
-        ServerEvent::HandshakeFailed { peer_addr, code } if peer_addr == peer => Some(code),
-        _ => None,
-    })
-    .await
+    common::wait_for(rx, |f| (f.peer_addr == peer).then(|| f.code.to_owned())).await
 }
 
 /// Waits for the `AgentDisconnected` event of `name` and returns its close
@@ -350,24 +351,24 @@ pub async fn disconnected(rx: &mut broadcast::Receiver<ServerEvent>, name: &str)
     common::wait_disconnected(rx, name).await
 }
 
-/// Collects the `HandshakeFailed` codes of every connection in `peers`,
+/// Collects the handshake failure codes of every connection in `peers`,
 /// whatever order they come in.
 pub async fn handshake_failures(
-    rx: &mut broadcast::Receiver<ServerEvent>,
+    rx: &mut broadcast::Receiver<HandshakeFailure>,
     peers: &[SocketAddr],
 ) -> HashMap<SocketAddr, String> {
     let mut got = HashMap::new();
     within(async {
         while got.len() < peers.len() {
             match rx.recv().await {
-                Ok(ServerEvent::HandshakeFailed { peer_addr, code })
-                    if peers.contains(&peer_addr) =>
-                {
-                    got.insert(peer_addr, code);
+                Ok(f) if peers.contains(&f.peer_addr) => {
+                    got.insert(f.peer_addr, f.code.to_owned());
                 }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => panic!("missed {n} server events"),
-                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("missed {n} handshake failures")
+                }
+                Err(broadcast::error::RecvError::Closed) => panic!("failure channel closed"),
             }
         }
     })

@@ -23,6 +23,7 @@ use crate::common::within;
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
 
 /// The key of every hand-made upgrade, and the accept value RFC 6455 §1.3
 /// derives from it.
@@ -179,9 +180,39 @@ impl Wire {
         }
     }
 
+    /// Opens the TCP connection from `local` (an address of this machine,
+    /// such as `127.0.0.2`; any port), with the socket's receive buffer set
+    /// to `recv_buffer` bytes before connecting, so that the TCP window is
+    /// small from the first packet on. Nothing is sent.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        recv_buffer: Option<u32>,
+    ) -> std::io::Result<Wire> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes)?;
+        }
+        if let Some(ip) = local {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = within(socket.connect(addr)).await?;
+        Ok(Wire::from_tcp(tcp))
+    }
+
     /// Opens the TCP connection and completes the WebSocket upgrade by hand.
     pub async fn upgrade(addr: SocketAddr) -> Wire {
-        let mut wire = Wire::connect(addr).await;
+        let wire = Wire::connect(addr).await;
+        wire.upgraded(addr).await
+    }
+
+    /// Completes the WebSocket upgrade by hand on a connection opened with
+    /// [`Wire::connect_with`] or [`Wire::connect`].
+    pub async fn upgraded(self, addr: SocketAddr) -> Wire {
+        let mut wire = self;
         wire.tx.send_raw(&upgrade_request(addr)).await;
         let head = wire.rx.read_http_head().await;
         assert!(
@@ -256,6 +287,20 @@ impl WireTx {
     pub async fn send_text(&mut self, text: &str) {
         self.send_frame(true, OP_TEXT, text.as_bytes()).await;
     }
+
+    /// Writes `count` masked pings of 125 bytes each (the most a control
+    /// frame holds), in batches, without reading anything: each asks the
+    /// server for a pong of the same size.
+    pub async fn flood_pings(&mut self, count: usize) {
+        let ping = frame(true, OP_PING, &[0x70; 125], true);
+        let batch: Vec<u8> = ping.repeat(256);
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(256);
+            self.send_raw(&batch[..n * ping.len()]).await;
+            left -= n;
+        }
+    }
 }
 
 impl WireRx {
@@ -321,6 +366,19 @@ impl WireRx {
                     };
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Waits, without a bound of its own, until the server drops the
+    /// connection (end of stream or reset), discarding what it sends; for
+    /// connections the test expects to stay open a while (the caller bounds
+    /// the wait).
+    pub async fn closed(&mut self) {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = self.read.read(&mut chunk).await {
+            if n == 0 {
+                break;
             }
         }
     }

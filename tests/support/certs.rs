@@ -11,6 +11,8 @@ pub struct Pki {
     pub server_key_pem: String,
     pub client_cert_pem: String,
     pub client_key_pem: String,
+    /// The client certificate as DER, as the server sees it.
+    pub client_cert_der: Vec<u8>,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -48,5 +50,6 @@ pub fn pki(ca_name: &str) -> Pki {
         server_key_pem: server_key.serialize_pem(),
         client_cert_pem: client.pem(),
         client_key_pem: client_key.serialize_pem(),
+        client_cert_der: client.der().to_vec(),
     }
 }

@@ -363,11 +363,25 @@ pub(crate) async fn run<S, P>(
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            // Frames still queued are dropped: the link is over, and every
-            // caller waiting on it has failed already.
-            let sent =
-                tokio::time::timeout_at(deadline_in(timeout), ws.send(Message::Close(Some(frame))))
-                    .await;
+            let by = deadline_in(timeout);
+            if read {
+                // A close this side chose (shutdown after its grace, a
+                // disconnect, a client's close) first writes what is queued,
+                // so no answer a hook gave is lost; within the close timeout,
+                // as the peer may not read. Requests among them were failed
+                // locally already: their late answers are dropped.
+                let queued = async {
+                    while let Ok(frame) = rx.try_recv() {
+                        out.push_back(frame);
+                    }
+                    while let Some(frame) = out.pop_front() {
+                        ws.feed(to_message(frame, &mut signer)).await?;
+                    }
+                    ws.flush().await
+                };
+                let _ = tokio::time::timeout_at(by, queued).await;
+            }
+            let sent = tokio::time::timeout_at(by, ws.send(Message::Close(Some(frame)))).await;
             if read && matches!(sent, Ok(Ok(()))) {
                 // Wait for the peer's close reply, so the code reaches it.
                 let _ = tokio::time::timeout_at(deadline_in(timeout), drain_ws(&mut ws)).await;
