@@ -224,7 +224,12 @@ async fn dropping_a_servers_call_drops_the_agents_hook() {
     let agent = p.agent.clone();
     let call = tokio::spawn(async move { agent.send::<_, Value>("slow", &()).await });
     p.on_agent.wait_started(1).await;
-    assert_eq!(p.agent_link.cancellable_requests(), 1);
+    // The hook starts in the driver; its request enters the table right after.
+    let link = p.agent_link.clone();
+    until("the request to be cancellable", move || {
+        link.cancellable_requests() == 1
+    })
+    .await;
     call.abort();
     // The agent drops the hook's future: its cancel arrived.
     let probe = p.on_agent.clone();
@@ -338,7 +343,11 @@ async fn dropping_an_agents_call_drops_the_servers_hook() {
     let client = p.client.clone();
     let call = tokio::spawn(async move { client.send::<_, Value>("slow", &()).await });
     p.on_server.wait_started(1).await;
-    assert_eq!(p.agent.link().cancellable_requests(), 1);
+    let link = p.agent.link().clone();
+    until("the request to be cancellable", move || {
+        link.cancellable_requests() == 1
+    })
+    .await;
     call.abort();
     let probe = p.on_server.clone();
     until("the server's hook to be dropped", move || probe.live() == 0).await;

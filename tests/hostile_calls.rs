@@ -17,7 +17,6 @@
 //! | `caps` in `auth` that is not an array of strings | close 4000, no `reject` |
 
 mod common;
-#[allow(dead_code)]
 mod hostile_support;
 
 use agent_tunnel::codes;
