@@ -2,6 +2,11 @@
 //!
 //! Run with: cargo run --example agent -- --secret s3cret [--url ws://127.0.0.1:7800] [--store identity.json] [--name my-agent]
 //!
+//! It serves the hooks `info` (answers `{"name", "pid", "uptime_s"}`) and
+//! `ping` (answers `"pong"`), and calls the server's `report` every 5 s with
+//! `{"uptime_s": …}`: what `examples/server.rs` offers and calls. It follows
+//! the server's signing policy by itself.
+//!
 //! Every flag may also come from the environment: AGENT_TUNNEL_SECRET,
 //! AGENT_TUNNEL_URL, AGENT_TUNNEL_STORE, AGENT_TUNNEL_NAME. With a store the
 //! agent keeps its name across restarts. Ctrl-C closes it.

@@ -14,6 +14,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::WebSocketStream;
 
@@ -98,9 +99,26 @@ pub(crate) async fn open(d: &Dial<'_>) -> Result<WebSocketStream<Stream>, Error>
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    let (ws, _response) =
+    let (ws, response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(d.link.websocket()))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)) => {
+                    Error::Protocol(format!("the server did not select {SUBPROTOCOL}: {e}"))
+                }
+                other => other.into(),
+            })?;
+    // The WebSocket layer checks this too; the protocol requires it
+    // whatever that layer does (docs/PROTOCOL.md section 3.2).
+    let selected = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    if selected != Some(SUBPROTOCOL) {
+        return Err(Error::Protocol(format!(
+            "the server did not select the {SUBPROTOCOL} subprotocol"
+        )));
+    }
     Ok(ws)
 }
 
@@ -112,7 +130,7 @@ pub(crate) async fn authenticate(
 ) -> Result<Established, Failure> {
     let mut hs =
         ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
-    let hello = transport::recv_frame(ws).await.map_err(Error::from)?;
+    let hello = recv(ws, d.link).await?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,
         Err(e) => {
@@ -125,7 +143,7 @@ pub(crate) async fn authenticate(
         }
     };
     transport::send_frame(ws, &auth).await?;
-    let answer = transport::recv_frame(ws).await.map_err(Error::from)?;
+    let answer = recv(ws, d.link).await?;
     let proven = match &answer {
         Frame::Reject(r) => {
             let proven = hs.reject_is_proven(d.secret, r);
@@ -151,6 +169,33 @@ pub(crate) async fn authenticate(
             .await;
             Err(Error::ServerUnverified.into())
         }
+        Err(error @ Error::Protocol(_)) => {
+            // A malformed `welcome` (a bad token) or another frame than
+            // `welcome`/`reject`: this side's protocol error, closed as such.
+            transport::close(
+                ws,
+                close::PROTOCOL_ERROR,
+                &error.to_string(),
+                d.link.close_timeout,
+            )
+            .await;
+            Err(error.into())
+        }
         Err(error) => Err(Failure { error, proven }),
+    }
+}
+
+/// Reads the next handshake frame; a message that breaks the protocol is
+/// answered with its close code (4000, 1007 or 1009) before the error is
+/// returned, as the server does.
+async fn recv(ws: &mut WebSocketStream<Stream>, link: &LinkConfig) -> Result<Frame, Error> {
+    match transport::recv_frame(ws).await {
+        Ok(frame) => Ok(frame),
+        Err(e) => {
+            if let Some(code) = e.close_code {
+                transport::close(ws, code, &e.error.to_string(), link.close_timeout).await;
+            }
+            Err(e.error)
+        }
     }
 }

@@ -273,7 +273,19 @@ impl<P: Clone + Send + 'static> Hooks<P> {
     }
 
     /// Adds an erased handler for `action`.
+    ///
+    /// # Panics
+    ///
+    /// When `action` is not a valid action name
+    /// ([`is_valid_action`](crate::name::is_valid_action)): no request could
+    /// ever reach the handler, so the mistake is reported where it is made.
+    /// The same holds for [`Hooks::on_hook`] and [`Hooks::on_hooks`].
     pub fn add(&self, action: &str, h: Handler<P>) -> &Self {
+        assert!(
+            crate::name::is_valid_action(action),
+            "{}",
+            crate::name::invalid_action(action)
+        );
         let mut reg = self.inner.write();
         let list = match reg.by_action.get(action) {
             Some(list) => appended(list, h),
@@ -514,6 +526,13 @@ mod tests {
         assert_eq!(err.code, codes::INTERNAL_ERROR);
     }
 
+    #[test]
+    #[should_panic(expected = "invalid action name")]
+    fn a_hook_for_an_invalid_action_name_is_refused_where_it_is_added() {
+        let hooks: Hooks<()> = Hooks::new();
+        hooks.on_hook("has space", |_: Value, _| async { Ok(()) });
+    }
+
     #[tokio::test]
     async fn a_long_action_is_clipped_in_error_messages() {
         let action = "a".repeat(10 * 1024);
@@ -525,7 +544,9 @@ mod tests {
         assert_eq!(unknown.code, codes::UNKNOWN_ACTION);
         assert!(unknown.message.len() < 200, "{}", unknown.message.len());
 
-        hooks.on_hook(&action, |_: Value, _| async move {
+        // Such an action cannot be registered (or sent over a link); a
+        // catch-all still sees it when dispatched directly.
+        hooks.on_any(|_: Value, _| async move {
             if true {
                 panic!("handler bug");
             }
@@ -543,7 +564,8 @@ mod tests {
             _n: u32,
         }
         let typed = "t".repeat(10 * 1024);
-        hooks.on_hook(&typed, |_: Typed, _| async { Ok(()) });
+        let hooks: Hooks<()> = Hooks::new();
+        hooks.on_any(|_: Typed, _| async { Ok(()) });
         let huge = raw(json!({ "x".repeat(10 * 1024): 1 }));
         let invalid = hooks.dispatch(&typed, huge, ()).await.unwrap_err();
         assert_eq!(invalid.code, codes::INVALID_MESSAGE);

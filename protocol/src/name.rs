@@ -27,6 +27,43 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Longest action name, in bytes.
+pub const MAX_ACTION_LEN: usize = 128;
+
+/// True for an action name of 1 to 128 printable ASCII characters, space
+/// excluded (bytes `0x21` to `0x7E`; regular expression `^[!-~]{1,128}$`):
+/// what a hook may be registered for and a request or note may name. No
+/// whitespace, control character or non-ASCII byte, so an action reads the
+/// same in every log line. Both sides
+/// check it: a call with another action fails locally with
+/// `INVALID_MESSAGE`, and a request for one is answered with that error.
+///
+/// ```
+/// use agent_protocol::name::is_valid_action;
+/// assert!(is_valid_action("deploy"));
+/// assert!(is_valid_action("svc/nginx:restart"));
+/// assert!(is_valid_action("tls?"));
+/// assert!(!is_valid_action(""));
+/// assert!(!is_valid_action("has space"));
+/// assert!(!is_valid_action("line\nbreak"));
+/// assert!(!is_valid_action("é"));
+/// assert!(!is_valid_action(&"x".repeat(129)));
+/// ```
+pub fn is_valid_action(action: &str) -> bool {
+    !action.is_empty()
+        && action.len() <= MAX_ACTION_LEN
+        && action.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The error text for an action name [`is_valid_action`] refuses; the name
+/// itself is clipped, as it may be a peer's.
+pub fn invalid_action(action: &str) -> String {
+    format!(
+        "invalid action name {:?}: actions are 1 to {MAX_ACTION_LEN} printable ASCII characters without spaces",
+        crate::log_limit::clip(action, 64)
+    )
+}
+
 /// A name format such as `A####`: its one run of `#` is a counter,
 /// zero-padded to the run's width and growing past it; text may stand on
 /// both sides of it.

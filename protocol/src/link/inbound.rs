@@ -220,6 +220,10 @@ where
         let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
         return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
     }
+    if !crate::name::is_valid_action(action) {
+        let invalid = HookError::invalid_message(crate::name::invalid_action(action));
+        return Some(Outbound::Text(codec::encode_res(id, Err(&invalid))));
+    }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
         let busy = HookError::new(
             codes::BUSY,
@@ -365,6 +369,16 @@ where
             return;
         }
     };
+    if !crate::name::is_valid_action(action) {
+        drop(permit);
+        note_failed(
+            action,
+            Some(HookError::invalid_message(crate::name::invalid_action(
+                action,
+            ))),
+        );
+        return;
+    }
     let mut work = hooks.start_with(action, body, peer.clone(), CallCtl::Note);
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);

@@ -309,6 +309,9 @@ impl LinkHandle {
         if self.is_draining() {
             return Err(Error::Shutdown);
         }
+        if !crate::name::is_valid_action(action) {
+            return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
+        }
         let (id, mut rx) = self
             .shared
             .pending
@@ -384,8 +387,8 @@ impl LinkHandle {
     /// Fails with `UNSUPPORTED` when the peer did not announce the `note`
     /// capability (a peer written before notifications; nothing is sent),
     /// `SHUTDOWN` while draining, `CONNECTION_CLOSED` when the link is
-    /// down, and `INVALID_MESSAGE` when the body does not serialize or the
-    /// note is bigger than the peer accepts. Delivery is not confirmed: the
+    /// down, and `INVALID_MESSAGE` when `action` is not an action name, the
+    /// body does not serialize or the note is bigger than the peer accepts. Delivery is not confirmed: the
     /// peer drops a note when it serves `max_in_flight` notes already (it
     /// counts them, see [`LinkHandle::dropped_notes`]), or when the link
     /// ends first.
@@ -429,6 +432,9 @@ impl LinkHandle {
         }
         if self.is_closed() {
             return Err(self.closed_error());
+        }
+        if !crate::name::is_valid_action(action) {
+            return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
         }
         let text = codec::encode_note_with(action, write_body)
             .map_err(|e| Error::InvalidMessage(format!("note body: {e}")))?;
