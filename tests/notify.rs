@@ -159,6 +159,9 @@ async fn an_agent_notifies_the_server_from_the_client_and_from_a_hook() {
     within(client.notify("no-such-hook", &()))
         .await
         .expect("notify");
+    // An action that is not an action name is refused here, unsent.
+    let bad = within(client.notify("two words", &())).await.unwrap_err();
+    assert_eq!(bad.code(), codes::INVALID_MESSAGE);
     within(client.notify("seen", &"after"))
         .await
         .expect("notify");
