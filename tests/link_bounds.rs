@@ -34,7 +34,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
@@ -57,35 +56,6 @@ fn rss() -> usize {
         .and_then(|p| p.parse().ok())
         .expect("statm has a resident field");
     pages * 4096
-}
-
-/// The highest value `sample` took while watched.
-struct Peak {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<usize>,
-}
-
-impl Peak {
-    fn watch(sample: impl Fn() -> usize + Send + 'static) -> Peak {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            let mut peak = 0;
-            loop {
-                peak = peak.max(sample());
-                if *stop_rx.borrow() {
-                    return peak;
-                }
-                tick.tick().await;
-            }
-        });
-        Peak { stop, task }
-    }
-
-    async fn stop(self) -> usize {
-        self.stop.send_replace(true);
-        within(self.task).await.expect("peak watcher")
-    }
 }
 
 /// Counts live hook futures: one is created inside each handler call and

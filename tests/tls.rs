@@ -171,11 +171,8 @@ async fn bad_tls_files_are_a_clear_config_error() {
 
 // ------------------------------------------------------------------ issue 8
 
-/// Item 16: naming a CA trusts that CA alone (the web roots come back only
-/// on request; the unit tests in agent-client's tls.rs count the roots).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_named_ca_alone_is_trusted_and_web_roots_come_back_only_on_request() {
-    let pki = pki("private CA");
+/// A TLS server with `pki`'s certificate, and its `wss://localhost` URL.
+async fn tls_server(pki: &support::certs::Pki) -> (AgentServer, String) {
     let server = AgentServer::builder()
         .secret(SECRET)
         .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
@@ -183,6 +180,15 @@ async fn a_named_ca_alone_is_trusted_and_web_roots_come_back_only_on_request() {
         .await
         .unwrap();
     let url = format!("wss://localhost:{}", server.local_addr().port());
+    (server, url)
+}
+
+/// Item 16: naming a CA trusts that CA alone (the web roots come back only
+/// on request; the unit tests in agent-client's tls.rs count the roots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_ca_alone_is_trusted_and_web_roots_come_back_only_on_request() {
+    let pki = pki("private CA");
+    let (server, url) = tls_server(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &pki.ca_pem).unwrap();
@@ -223,13 +229,7 @@ async fn over_wss_a_wrong_secret_and_a_revocation_are_final_at_once() {
     use agent_tunnel::client::ClientEvent;
 
     let pki = pki("final CA");
-    let server = AgentServer::builder()
-        .secret(SECRET)
-        .tls_pem(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
-    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let (server, url) = tls_server(&pki).await;
     let fast = Backoff::default()
         .initial_delay(Duration::from_millis(10))
         .max_delay(Duration::from_millis(50));

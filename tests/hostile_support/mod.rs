@@ -376,34 +376,4 @@ pub async fn handshake_failures(
     got
 }
 
-/// The highest value a sample took while it was watched: a bound that holds
-/// throughout, not just at the moments the test looks.
-pub struct Peak {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<usize>,
-}
-
-impl Peak {
-    /// Samples `sample` every millisecond until stopped.
-    pub fn watch(sample: impl Fn() -> usize + Send + 'static) -> Peak {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            let mut peak = 0;
-            loop {
-                peak = peak.max(sample());
-                if *stop_rx.borrow() {
-                    return peak;
-                }
-                tick.tick().await;
-            }
-        });
-        Peak { stop, task }
-    }
-
-    /// Stops watching and returns the peak.
-    pub async fn stop(self) -> usize {
-        self.stop.send_replace(true);
-        within(self.task).await.expect("peak watcher")
-    }
-}
+pub use crate::common::Peak;
