@@ -2,7 +2,9 @@
 //! evaluates a selector against the connected agents' labels and names;
 //! `Selection::send_all` returns every selected agent's own result;
 //! `call_each` yields results as agents answer, at most `concurrency` at
-//! a time, each under its own timeout, and calls no one else once dropped.
+//! a time, each under its own timeout, and once dropped calls no one else
+//! and cancels the calls in flight; `Selection::notify` notifies only the
+//! selected.
 
 mod common;
 
@@ -213,19 +215,41 @@ async fn call_each_yields_every_result_as_it_arrives() {
 struct Workers {
     clients: Vec<AgentClient>,
     started: mpsc::UnboundedReceiver<String>,
+    /// Names of agents whose `work` hook was stopped before it finished
+    /// (cancelled by the server).
+    stopped: mpsc::UnboundedReceiver<String>,
     permits: Arc<tokio::sync::Semaphore>,
     peak: Arc<AtomicUsize>,
 }
 
+/// Sends its name when dropped before [`Unfinished::done`].
+struct Unfinished(Option<(mpsc::UnboundedSender<String>, String)>);
+
+impl Unfinished {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some((tx, name)) = self.0.take() {
+            let _ = tx.send(name);
+        }
+    }
+}
+
 async fn workers(server: &AgentServer, n: usize) -> Workers {
     let (tx, started) = mpsc::unbounded_channel();
+    let (stop_tx, stopped) = mpsc::unbounded_channel();
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..n {
-        let (tx, permits, running, peak) = (
+        let (tx, stop_tx, permits, running, peak) = (
             tx.clone(),
+            stop_tx.clone(),
             Arc::clone(&permits),
             Arc::clone(&running),
             Arc::clone(&peak),
@@ -238,17 +262,22 @@ async fn workers(server: &AgentServer, n: usize) -> Workers {
                 Ok::<_, HookError>(())
             })
             .on_hook("work", move |_: Value, call| {
-                let (tx, permits, running, peak) = (
+                let (tx, stop_tx, permits, running, peak) = (
                     tx.clone(),
+                    stop_tx.clone(),
                     Arc::clone(&permits),
                     Arc::clone(&running),
                     Arc::clone(&peak),
                 );
                 async move {
+                    let name = call.peer.name().to_owned();
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    let _ = tx.send(call.peer.name().to_owned());
+                    let _ = tx.send(name.clone());
+                    // Reports the hook dropped before it got its permit.
+                    let unfinished = Unfinished(Some((stop_tx, name)));
                     let permit = permits.acquire().await;
+                    unfinished.done();
                     running.fetch_sub(1, Ordering::SeqCst);
                     permit.map(|p| p.forget()).map_err(HookError::internal)?;
                     Ok::<_, HookError>("done")
@@ -259,6 +288,7 @@ async fn workers(server: &AgentServer, n: usize) -> Workers {
     Workers {
         clients,
         started,
+        stopped,
         permits,
         peak,
     }
@@ -336,13 +366,15 @@ async fn dropping_call_each_calls_no_one_else() {
     // Nothing more goes out until the stream is read again.
     assert_eq!(server.stats().pending_requests, 0);
     // Reading it again calls the next agent; dropping it while that call
-    // is in flight abandons the call and starts no other.
+    // is in flight cancels the call (the agent stops its hook) and starts
+    // no other.
     let reading = tokio::spawn(async move { each.next().await });
     let second = within(w.started.recv()).await.expect("the second call");
     assert_eq!(second, "A0002");
     reading.abort();
     assert!(within(reading).await.is_err(), "dropped while waiting");
     assert_eq!(server.stats().pending_requests, 0);
+    assert_eq!(within(w.stopped.recv()).await.as_deref(), Some("A0002"));
     w.permits.add_permits(10);
     // Every agent answers a later call, and none saw a third `work`.
     let later = within(
@@ -413,6 +445,47 @@ async fn call_each_gives_each_agent_its_own_timeout_and_reports_the_gone() {
     assert_eq!(name, second_name);
     assert_eq!(r.expect_err("gone").code(), codes::AGENT_NOT_CONNECTED);
     assert!(within(each.next()).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_on_a_selection_reaches_only_the_selected() {
+    let server = start_server().await;
+    let (tx, mut noted) = mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for region in ["eu", "us", "eu", "us"] {
+        let tx = tx.clone();
+        let b = client_builder(&server).label("region", region).on_hook(
+            "noted",
+            move |_: Value, call| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(call.peer.name().to_owned());
+                    Ok::<_, HookError>(())
+                }
+            },
+        );
+        clients.push(connect(&server, b).await);
+    }
+    let sent = within(server.select(sel("region=us")).notify("noted", &()))
+        .await
+        .expect("some agents");
+    assert_eq!(sent.keys().cloned().collect::<Vec<_>>(), ["A0002", "A0004"]);
+    assert!(sent.values().all(Result::is_ok));
+    let mut got = BTreeSet::new();
+    for _ in 0..2 {
+        got.insert(within(noted.recv()).await.expect("a note ran"));
+    }
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), ["A0002", "A0004"]);
+    // Nobody selected: NO_CONNECTED_AGENTS, as for send_all.
+    let err = within(server.select(sel("region=ap")).notify("noted", &()))
+        .await
+        .expect_err("nobody");
+    assert_eq!(err.code(), codes::NO_CONNECTED_AGENTS);
+    // notify_all is select(all).notify.
+    let all = within(server.notify_all("noted", &()))
+        .await
+        .expect("agents");
+    assert_eq!(all.len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,9 @@ pub(crate) async fn authenticate(
     ws: &mut WebSocketStream<Stream>,
     d: Dial<'_>,
 ) -> Result<Established, Failure> {
-    let mut hs = ClientHandshake::new(d.identity, d.meta).with_labels(d.labels);
+    let mut hs = ClientHandshake::new(d.identity, d.meta)
+        .with_labels(d.labels)
+        .with_caps(agent_protocol::Caps::SUPPORTED);
     let hello = recv(ws, d.link).await?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,

@@ -85,8 +85,9 @@ pub use server::{AgentServer, ServerStats, Target};
 pub use agent_protocol::store::{StoreError, StoreFuture};
 
 pub use agent_protocol::{
-    close, codes, Call, CloseReason, Error, FileStore, Handler, HookError, Hooks, LabelError,
-    Labels, LinkConfig, MemoryStore, NameStore, Secret, Selector, SelectorError,
+    close, codes, Call, CallHandle, Canceller, Caps, CloseReason, Error, FileStore, Handler,
+    HookError, Hooks, LabelError, Labels, LinkConfig, MemoryStore, NameStore, Secret, Selector,
+    SelectorError,
 };
 /// The rustls crate this crate's TLS builders take (`ServerConfig`,
 /// `ClientConfig`, certificate types), re-exported so a hand-built TLS

@@ -82,7 +82,8 @@ impl Selection {
     /// with `NO_CONNECTED_AGENTS` when the selector selects no connected
     /// agent (so a mistyped selector is an error, not a quiet no-op),
     /// `SHUTDOWN` once shutdown has begun, or `INVALID_MESSAGE` when `body`
-    /// does not serialize.
+    /// does not serialize. Dropping the future before it finished cancels
+    /// every call still waiting, on every agent.
     pub async fn send_all<B, R>(
         &self,
         action: &str,
@@ -126,6 +127,50 @@ impl Selection {
         Ok(join_all(calls).await.into_iter().collect())
     }
 
+    /// Sends every selected agent the same notification at once (see
+    /// [`Agent::notify`]): its hook `action` runs and nothing comes back.
+    /// Returns by name whether each was queued (`UNSUPPORTED` for an agent
+    /// written before notifications). Fails as a whole like
+    /// [`Selection::send_all`]: `NO_CONNECTED_AGENTS` when nobody is
+    /// selected, `SHUTDOWN` once shutdown has begun, `INVALID_MESSAGE` when
+    /// `body` does not serialize.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// use agent_server::Selector;
+    /// let eu = server.select("region=eu".parse::<Selector>()?);
+    /// for (name, sent) in eu.notify("config-changed", &serde_json::json!({"version": 7})).await? {
+    ///     if let Err(e) = sent {
+    ///         println!("{name}: not notified: {e}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(
+        &self,
+        action: &str,
+        body: &B,
+    ) -> Result<BTreeMap<String, Result<(), Error>>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        if self.inner.stop.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        let agents = self.agents();
+        if agents.is_empty() {
+            return Err(Error::NoConnectedAgents);
+        }
+        let raw = serde_json::value::to_raw_value(body)
+            .map_err(|e| Error::InvalidMessage(format!("note body: {e}")))?;
+        let raw = &*raw;
+        let notes = agents.iter().map(|agent| async move {
+            let sent = agent.link().notify_raw(action, raw).await;
+            (agent.name().to_owned(), sent)
+        });
+        Ok(join_all(notes).await.into_iter().collect())
+    }
+
     /// Calls hook `action` on each selected agent and yields
     /// `(name, result)` as each one answers, in the order they answer.
     ///
@@ -139,7 +184,9 @@ impl Selection {
     ///
     /// Calls go out as the stream is read (see [`CallEach::concurrency`]).
     /// Dropping the stream stops it: no further agent is called, and the
-    /// calls in flight are abandoned (their late answers are dropped).
+    /// calls in flight are cancelled (an agent that supports cancellation
+    /// stops their hooks; see [`CallHandle`](crate::CallHandle)), their late
+    /// answers dropped.
     /// A selector that selects nothing yields an empty stream. Fails only
     /// with `INVALID_MESSAGE` when `body` does not serialize.
     ///

@@ -12,6 +12,8 @@
 //!   agents by name and labels, as values that evaluate anywhere.
 //! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
 //! * [`hooks`]: the handler registry and its chain rules.
+//! * [`caps`]: the optional features each side announces in the handshake
+//!   (cancellation, notifications).
 //! * [`link`]: one authenticated connection: the driver task that owns the
 //!   socket both ways, the pending map that matches responses to requests,
 //!   the byte budget of what waits to be written, and the hook tasks tied to
@@ -25,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod close;
 pub mod codec;
 pub mod crypto;
@@ -42,13 +45,14 @@ pub mod store;
 pub mod time;
 pub mod transport;
 
+pub use caps::Caps;
 pub use close::CloseReason;
 pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
 pub use hooks::{handler, Call, Handler, Hooks};
 pub use labels::{LabelError, Labels};
-pub use link::{LinkConfig, LinkHandle, Role};
+pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
 pub use name::NameFormat;
 pub use selector::{Selector, SelectorError};
 pub use store::{FileStore, MemoryStore, NameStore};
