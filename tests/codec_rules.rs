@@ -38,6 +38,7 @@ fn top_level_protocol_members_are_type_checked_in_every_frame() {
         r#""code":404"#,
         r#""message":{}"#,
         r#""err":{"code":1}"#,
+        r#""from":5"#,
     ] {
         invalid(&format!(
             r#"{{"t":"req","id":1,"action":"a","body":null,{member}}}"#
@@ -56,6 +57,31 @@ fn top_level_protocol_members_are_type_checked_in_every_frame() {
     // Well-typed, they are accepted and ignored where the frame has no use
     // for them.
     ok(r#"{"t":"req","id":1,"action":"a","body":null,"name":"x","sign":true,"code":"C"}"#);
+    // `from` (a relayed call's caller) is checked in every frame too.
+    invalid(r#"{"t":"res","id":1,"ok":null,"from":[]}"#);
+    ok(r#"{"t":"res","id":1,"ok":null,"from":"A0001"}"#);
+}
+
+#[test]
+fn a_relayed_req_carries_its_caller_and_round_trips() {
+    use agent_tunnel::protocol::codec::encode;
+    use agent_tunnel::protocol::Frame;
+    let text =
+        r#"{"t":"req","id":3,"action":"echo","body":{"x":1},"timeout_ms":500,"from":"A0007"}"#;
+    match decode(text) {
+        Ok(f @ Frame::Req(_)) => {
+            let Frame::Req(r) = &f else { unreachable!() };
+            assert_eq!(r.from.as_deref(), Some("A0007"));
+            assert_eq!(r.body.get(), r#"{"x":1}"#);
+            assert_eq!(encode(&f), text);
+        }
+        other => panic!("{text} decoded as {other:?}"),
+    }
+    // Without `from`, a req has no caller.
+    match decode(r#"{"t":"req","id":3,"action":"echo","body":1,"timeout_ms":5}"#) {
+        Ok(Frame::Req(r)) => assert_eq!(r.from, None),
+        other => panic!("decoded as {other:?}"),
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use agent_protocol::handshake::Identity;
 use agent_protocol::labels::Labels;
 use agent_protocol::link::{self, Role};
+use agent_protocol::relay::{RelayRequest, RELAY_ACTION};
 use agent_protocol::time::deadline_in;
 use agent_protocol::transport;
 use agent_protocol::{close, codes, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret};
@@ -259,6 +260,56 @@ impl AgentClient {
         let server = self.ready_by(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         server.link().call(action, body, left).await
+    }
+
+    /// Calls hook `action` on agent `to`, relayed by the server, with the
+    /// default timeout. The callee's hooks see this agent's name as
+    /// `call.relayed_from()`; its answer, or its error with its own code and
+    /// data, comes back unchanged.
+    ///
+    /// The server relays only what its relay policy allows
+    /// (`ServerBuilder::relay_policy`; by default nothing). The call fails
+    /// with an [`Error::Remote`] whose code is `FORBIDDEN` when the policy
+    /// refuses it, `UNKNOWN_AGENT`, `AGENT_NOT_CONNECTED` or `REVOKED` for
+    /// the target, `TIMEOUT`, or the callee's own; and, like
+    /// [`AgentClient::send`], `OFFLINE` without a link. Dropping the future
+    /// cancels the call at the server, which cancels it at the callee.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: agent_client::AgentClient) -> Result<(), agent_client::Error> {
+    /// let rows: Vec<String> = client.send_to_agent("A0007", "read.rows", &"users").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_agent<B, R>(&self, to: &str, action: &str, body: &B) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send_to_agent_timeout(to, action, body, self.inner.default_timeout)
+            .await
+    }
+
+    /// [`AgentClient::send_to_agent`], waiting at most `timeout` in all.
+    pub async fn send_to_agent_timeout<B, R>(
+        &self,
+        to: &str,
+        action: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, Error>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let body = serde_json::value::to_raw_value(body)
+            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        let req = RelayRequest {
+            to: to.to_owned(),
+            action: action.to_owned(),
+            body,
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        };
+        self.send_timeout(RELAY_ACTION, &req, timeout).await
     }
 
     /// Sends the server a notification: its hook `action` runs with `body`,

@@ -77,6 +77,7 @@ pub struct ServerBuilder {
     pub(crate) probe_timeout: Duration,
     pub(crate) tls: crate::tls::TlsSettings,
     pub(crate) on_admit: Option<AdmitHook>,
+    pub(crate) relay_policy: Option<crate::relay::RelayPolicy>,
     pub(crate) max_waiters: usize,
 }
 
@@ -99,6 +100,7 @@ impl fmt::Debug for ServerBuilder {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("probe_timeout", &self.probe_timeout)
             .field("on_admit", &self.on_admit.is_some())
+            .field("relay_policy", &self.relay_policy.is_some())
             .field("max_waiters", &self.max_waiters)
             .field(
                 "tls",
@@ -126,6 +128,7 @@ impl Default for ServerBuilder {
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             tls: crate::tls::TlsSettings::default(),
             on_admit: None,
+            relay_policy: None,
             max_waiters: DEFAULT_MAX_WAITERS,
         }
     }
@@ -367,6 +370,41 @@ impl ServerBuilder {
         F: for<'a> Fn(&AdmitInfo<'a>) -> Result<Labels, NotAdmitted> + Send + Sync + 'static,
     {
         self.on_admit = Some(Arc::new(f));
+        self
+    }
+
+    /// Decides which agent-to-agent calls the server relays
+    /// (`AgentClient::send_to_agent`). Default: none; every relay is
+    /// refused with `FORBIDDEN`.
+    ///
+    /// `f(from, to, action)` runs for each relay request, before the target
+    /// is looked up (so a refused caller learns nothing of which names
+    /// exist): `from` is the calling agent, `to` the name it asked for,
+    /// `action` the hook it wants to run there. `true` relays the call,
+    /// `false` answers `FORBIDDEN`. An agent may relay to itself when the
+    /// policy allows it. Keep it quick: it runs on the caller's request.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_server::Error> {
+    /// use agent_server::AgentServer;
+    ///
+    /// let server = AgentServer::builder()
+    ///     .secret("s3cret")
+    ///     // Web agents may read from db agents, nothing else.
+    ///     .relay_policy(|from, to, action| {
+    ///         from.labels().get("role") == Some("web")
+    ///             && to.starts_with("db-")
+    ///             && action.starts_with("read.")
+    ///     })
+    ///     .start("0.0.0.0:7800")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn relay_policy<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&crate::Agent, &str, &str) -> bool + Send + Sync + 'static,
+    {
+        self.relay_policy = Some(Arc::new(f));
         self
     }
 

@@ -69,6 +69,7 @@ mod index;
 mod names;
 mod online;
 mod registry;
+mod relay;
 mod selection;
 mod server;
 mod tls;

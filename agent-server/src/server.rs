@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) hooks: Hooks<Agent>,
     /// The admission hook, if the application set one.
     pub(crate) on_admit: Option<AdmitHook>,
+    /// Which agent-to-agent calls are relayed; none when unset.
+    pub(crate) relay_policy: Option<crate::relay::RelayPolicy>,
     /// Lifecycle events only: unauthenticated peers cannot crowd them out.
     events: broadcast::Sender<ServerEvent>,
     /// Failed handshakes, apart from `events`.
@@ -242,6 +244,7 @@ impl AgentServer {
             registry: Registry::new(events.clone(), b.max_waiters),
             hooks: Hooks::new(),
             on_admit: b.on_admit,
+            relay_policy: b.relay_policy,
             events,
             failures: broadcast::channel(FAILURE_CAPACITY).0,
             failure_counts: parking_lot::Mutex::default(),
@@ -252,6 +255,7 @@ impl AgentServer {
             handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
         });
+        crate::relay::install(&inner);
         let span = tracing::info_span!("agent_server", addr = %local_addr);
         // Tracked, so shutdown returns only once the port is released.
         inner
@@ -382,21 +386,30 @@ impl AgentServer {
 
     /// The connected agent of `name`, or why there is none.
     pub(crate) fn resolve(&self, name: &str) -> Result<Agent, Error> {
-        if self.inner.names.is_revoked(name) {
+        self.inner.resolve(name)
+    }
+}
+
+impl Inner {
+    /// The connected agent `name`, or why there is none.
+    pub(crate) fn resolve(&self, name: &str) -> Result<Agent, Error> {
+        if self.names.is_revoked(name) {
             return Err(Error::Revoked(name.to_owned()));
         }
-        match self.inner.registry.get(name) {
+        match self.registry.get(name) {
             Lookup::Live(a) if a.is_connected() => Ok(a),
             // A link that just ended is offline, though its entry may still
             // wait for its connection task to remove it.
             Lookup::Live(_) | Lookup::Reserved => Err(Error::AgentNotConnected(name.to_owned())),
-            Lookup::Absent if self.inner.names.is_known(name) => {
+            Lookup::Absent if self.names.is_known(name) => {
                 Err(Error::AgentNotConnected(name.to_owned()))
             }
             Lookup::Absent => Err(Error::UnknownAgent(name.to_owned())),
         }
     }
+}
 
+impl AgentServer {
     /// Calls hook `action` on one agent with the default timeout.
     ///
     /// Fails with `UNKNOWN_AGENT` for a name never given, `REVOKED` for a

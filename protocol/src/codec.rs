@@ -67,6 +67,7 @@ struct Flat<'a> {
     #[serde(default, borrow, deserialize_with = "raw_present")]
     body: Option<&'a RawValue>,
     timeout_ms: Option<u64>,
+    from: Option<String>,
     #[serde(default, borrow, deserialize_with = "raw_present")]
     ok: Option<&'a RawValue>,
     err: Option<HookError>,
@@ -126,6 +127,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             action: need(f.action, "req", "action")?,
             body: owned_body(f.body),
             timeout_ms: f.timeout_ms,
+            from: f.from,
         }),
         "res" => {
             let outcome = match (f.ok, f.err) {
@@ -273,6 +275,7 @@ fn decode_call(text: &str) -> Option<Frame> {
             action: action.to_owned(),
             body: body.to_owned(),
             timeout_ms,
+            from: None,
         }),
         CallRef::Ok { id, body } => Frame::Res(Res {
             id,
@@ -357,6 +360,18 @@ pub fn encode_req_with(
     timeout_ms: Option<u64>,
     write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
 ) -> Result<String, serde_json::Error> {
+    encode_req_from(id, action, timeout_ms, None, write_body)
+}
+
+/// [`encode_req_with`] with the optional `from` member of a relayed call,
+/// written last (such a frame takes the general decoding path).
+pub fn encode_req_from(
+    id: RequestId,
+    action: &str,
+    timeout_ms: Option<u64>,
+    from: Option<&str>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
     let mut buf = Vec::with_capacity(96 + action.len());
     buf.extend_from_slice(br#"{"t":"req","id":"#);
     push_u64(&mut buf, id);
@@ -367,6 +382,10 @@ pub fn encode_req_with(
     if let Some(ms) = timeout_ms {
         buf.extend_from_slice(br#","timeout_ms":"#);
         push_u64(&mut buf, ms);
+    }
+    if let Some(from) = from {
+        buf.extend_from_slice(br#","from":"#);
+        push_json_str(&mut buf, from);
     }
     buf.push(b'}');
     into_text(buf).map_err(serde::ser::Error::custom)
@@ -458,7 +477,14 @@ pub fn encode_cancel(id: RequestId) -> String {
 pub fn encode(frame: &Frame) -> String {
     // The two frames of every call take the direct path.
     match frame {
-        Frame::Req(r) => return encode_req(r.id, &r.action, &r.body, r.timeout_ms),
+        Frame::Req(r) => {
+            let raw = r.body.get().as_bytes();
+            return encode_req_from(r.id, &r.action, r.timeout_ms, r.from.as_deref(), |buf| {
+                buf.extend_from_slice(raw);
+                Ok(())
+            })
+            .unwrap_or_default();
+        }
         Frame::Res(r) => {
             return encode_res(
                 r.id,
@@ -585,6 +611,7 @@ mod tests {
             action: "echo".into(),
             body: raw(r#"{"a": [1, 2.5, "x"]}"#),
             timeout_ms: Some(1500),
+            from: None,
         });
         let text = encode(&f);
         assert_eq!(
@@ -616,12 +643,14 @@ mod tests {
                 action: "plain".into(),
                 body: raw("null"),
                 timeout_ms: None,
+                from: None,
             },
             Req {
                 id: u64::MAX,
                 action: "quote\"back\\slash\u{1}é\u{7f}".into(),
                 body: raw(r#"{"a":[1,"x"]}"#),
                 timeout_ms: Some(30_000),
+                from: Some("A0001".into()),
             },
         ];
         for r in &reqs {

@@ -69,6 +69,8 @@ pub mod codes {
     /// The peer does not support what was asked (it did not announce the
     /// capability, e.g. `note` for a notification).
     pub const UNSUPPORTED: &str = "UNSUPPORTED";
+    /// The server's relay policy refused an agent-to-agent call.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
 }
 
 /// An application error: returned by a hook, carried in `res.err`, received

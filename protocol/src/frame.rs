@@ -201,7 +201,7 @@ pub struct Reject {
     pub proof: Option<String>,
 }
 
-/// `req {id, action, body, timeout_ms}`.
+/// `req {id, action, body, timeout_ms, from?}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Req {
     /// The sender's request id.
@@ -213,6 +213,10 @@ pub struct Req {
     /// How long the caller waits; the callee may stop working after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Server → agent only: the agent whose call the server relays (see
+    /// [`Call::relayed_from`](crate::Call::relayed_from)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// `res {id, ok}` or `res {id, err}`.

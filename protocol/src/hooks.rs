@@ -53,6 +53,7 @@ pub struct Call<P> {
     /// The calling peer: the `Agent` on the server, the server link on an agent.
     pub peer: P,
     ctl: CallCtl,
+    from: Option<Arc<str>>,
 }
 
 impl<P> Call<P> {
@@ -63,7 +64,24 @@ impl<P> Call<P> {
             action: Arc::from(action),
             peer,
             ctl: CallCtl::Detached,
+            from: None,
         }
+    }
+
+    /// The name of the agent that made this call through the server's relay
+    /// (`AgentClient::send_to_agent`), as the server vouches for it; `None`
+    /// for a call the peer made itself. Only an agent's hooks see a name
+    /// here: the server never relays to itself.
+    ///
+    /// ```no_run
+    /// # use agent_protocol::{Hooks, HookError};
+    /// # let hooks: Hooks<()> = Hooks::new();
+    /// hooks.on_hook("whoami", |_: (), call| async move {
+    ///     Ok::<_, HookError>(call.relayed_from().map(str::to_owned))
+    /// });
+    /// ```
+    pub fn relayed_from(&self) -> Option<&str> {
+        self.from.as_deref()
     }
 
     /// True for a notification (`note`): nobody waits for the result, which
@@ -181,6 +199,9 @@ where
 struct Registry<P> {
     any: Arc<[Handler<P>]>,
     by_action: HashMap<Arc<str>, Arc<[Handler<P>]>>,
+    /// Actions the library itself serves (the server's relay): one handler
+    /// each, run alone, before and instead of any catch-all or user hook.
+    reserved: HashMap<Arc<str>, Handler<P>>,
 }
 
 /// The registry of handlers, cheap to clone (clones share it). Handlers may be
@@ -203,6 +224,7 @@ impl<P> Default for Hooks<P> {
             inner: Arc::new(RwLock::new(Registry {
                 any: Arc::from(Vec::new()),
                 by_action: HashMap::new(),
+                reserved: HashMap::new(),
             })),
         }
     }
@@ -295,6 +317,16 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         self
     }
 
+    /// Makes `h` the only handler of `action`: it runs alone, before and
+    /// instead of every catch-all and every handler added for `action`. For
+    /// the actions the library serves itself (the server's relay), whose
+    /// names user hooks should not use.
+    #[doc(hidden)]
+    pub fn reserve(&self, action: &str, h: Handler<P>) -> &Self {
+        self.inner.write().reserved.insert(Arc::from(action), h);
+        self
+    }
+
     /// Runs the chain for `action` and returns the response body or the error.
     /// The handlers see a [`Call::detached`] call.
     pub async fn dispatch(
@@ -311,7 +343,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
     /// nothing of the request is copied. The handlers see a
     /// [`Call::detached`] call.
     pub fn start(&self, action: &str, body: &RawValue, peer: P) -> Dispatch {
-        self.start_with(action, body, peer, CallCtl::Detached)
+        self.start_with(action, body, peer, CallCtl::Detached, None)
     }
 
     /// [`Hooks::start`] for a link: the handlers' calls carry `ctl`.
@@ -321,9 +353,28 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         body: &RawValue,
         peer: P,
         ctl: CallCtl,
+        from: Option<&str>,
     ) -> Dispatch {
+        let from: Option<Arc<str>> = from.map(Arc::from);
         let (any, own, action) = {
             let reg = self.inner.read();
+            if let Some((name, only)) = reg.reserved.get_key_value(action) {
+                let action = Arc::clone(name);
+                let only = only.clone();
+                drop(reg);
+                let call = Call {
+                    action: Arc::clone(&action),
+                    peer,
+                    ctl,
+                    from,
+                };
+                let state =
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| (only.0)(body, call))) {
+                        Ok(fut) => DispatchState::One { fut, action },
+                        Err(_) => DispatchState::Done(Some(Err(panicked(&action)))),
+                    };
+                return Dispatch { state };
+            }
             let own = reg.by_action.get_key_value(action);
             let name = own
                 .map(|(k, _)| Arc::clone(k))
@@ -341,6 +392,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
                     action: Arc::clone(&action),
                     peer,
                     ctl,
+                    from,
                 };
                 match std::panic::catch_unwind(AssertUnwindSafe(|| (only.0)(body, call))) {
                     Ok(fut) => DispatchState::One { fut, action },
@@ -349,7 +401,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
             }
             _ => {
                 let body = body.to_owned();
-                DispatchState::Chain(Box::pin(chain(any, own, action, body, peer, ctl)))
+                DispatchState::Chain(Box::pin(chain(any, own, action, body, peer, ctl, from)))
             }
         };
         Dispatch { state }
@@ -365,6 +417,7 @@ async fn chain<P: Clone + Send + 'static>(
     body: Box<RawValue>,
     peer: P,
     ctl: CallCtl,
+    from: Option<Arc<str>>,
 ) -> Result<Box<RawValue>, HookError> {
     let mut last: Option<Box<RawValue>> = None;
     for h in any.iter().chain(own.iter()) {
@@ -372,6 +425,7 @@ async fn chain<P: Clone + Send + 'static>(
             action: Arc::clone(&action),
             peer: peer.clone(),
             ctl: ctl.clone(),
+            from: from.clone(),
         };
         let fut = AssertUnwindSafe(|| (h.0)(&body, call));
         let outcome = match std::panic::catch_unwind(fut) {

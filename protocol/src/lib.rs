@@ -12,6 +12,7 @@
 //!   agents by name and labels, as values that evaluate anywhere.
 //! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
 //! * [`hooks`]: the handler registry and its chain rules.
+//! * [`relay`]: the reserved action and body of agent-to-agent calls.
 //! * [`caps`]: the optional features each side announces in the handshake
 //!   (cancellation, notifications).
 //! * [`link`]: one authenticated connection: the driver task that owns the
@@ -39,6 +40,7 @@ pub mod labels;
 pub mod link;
 pub mod log_limit;
 pub mod name;
+pub mod relay;
 pub mod selector;
 pub mod signed;
 pub mod store;

@@ -193,14 +193,20 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 proof,
             })
         }),
-        (any::<u64>(), text(), body(), prop::option::of(any::<u64>())).prop_map(
-            |(id, action, body, timeout_ms)| Frame::Req(Req {
+        (
+            any::<u64>(),
+            text(),
+            body(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(text())
+        )
+            .prop_map(|(id, action, body, timeout_ms, from)| Frame::Req(Req {
                 id,
                 action,
                 body,
-                timeout_ms
-            })
-        ),
+                timeout_ms,
+                from
+            })),
         (any::<u64>(), body()).prop_map(|(id, b)| Frame::Res(Res {
             id,
             outcome: Outcome::Ok(b)

@@ -107,7 +107,11 @@ where
             action,
             body,
             timeout_ms,
-        }) => return Ok(serve(id, action, body, timeout_ms, shared, hooks, peer)),
+        }) => {
+            return Ok(serve(
+                id, action, body, timeout_ms, None, shared, hooks, peer,
+            ))
+        }
         Some(CallRef::Ok { id, body }) => {
             complete(shared, id, Ok(body.to_owned()));
             return Ok(None);
@@ -138,6 +142,7 @@ where
             &r.action,
             &r.body,
             r.timeout_ms,
+            r.from.as_deref(),
             shared,
             hooks,
             peer,
@@ -203,12 +208,15 @@ fn cancel(shared: &Shared, id: RequestId) {
 /// and it holds its serving permit until its answer is queued, so
 /// `max_in_flight` bounds answers waiting for room too. The peer's
 /// `cancel` drops it too, and it answers `CANCELLED` (unless the hook asked
-/// to keep running).
+/// to keep running). `from` is a relayed call's caller (`req.from`).
+// The request's parts are passed apart, so that the direct path copies nothing.
+#[allow(clippy::too_many_arguments)]
 fn serve<P>(
     id: RequestId,
     action: &str,
     body: &RawValue,
     timeout_ms: Option<u64>,
+    from: Option<&str>,
     shared: &Arc<Shared>,
     hooks: &Hooks<P>,
     peer: &P,
@@ -236,7 +244,7 @@ where
     };
     let max_out = shared.max_out;
     let ctl = shared.calls.first_poll(id);
-    let mut work = hooks.start_with(action, body, peer.clone(), ctl);
+    let mut work = hooks.start_with(action, body, peer.clone(), ctl, from);
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
     // link or any other request.
@@ -379,7 +387,7 @@ where
         );
         return;
     }
-    let mut work = hooks.start_with(action, body, peer.clone(), CallCtl::Note);
+    let mut work = hooks.start_with(action, body, peer.clone(), CallCtl::Note, None);
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     match Pin::new(&mut work).poll(&mut cx) {

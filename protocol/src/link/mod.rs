@@ -231,6 +231,31 @@ impl LinkHandle {
         .await
     }
 
+    /// [`LinkHandle::request`] for a call the server relays from agent
+    /// `from`: the frame carries `from`, which the callee's hooks read as
+    /// [`Call::relayed_from`](crate::Call::relayed_from). Dropping the
+    /// future cancels the request, as for [`LinkHandle::request`].
+    pub async fn request_relayed(
+        &self,
+        from: &str,
+        action: &str,
+        body: &RawValue,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, Error> {
+        let raw = body.get().as_bytes();
+        self.exchange_from(
+            action,
+            timeout,
+            Some(from),
+            |buf| {
+                buf.extend_from_slice(raw);
+                Ok(())
+            },
+            None,
+        )
+        .await
+    }
+
     /// Sends a request with a typed body and decodes the typed response.
     /// A body or response that does not (de)serialize gives `INVALID_MESSAGE`.
     /// Dropping the future cancels the request, as for
@@ -306,6 +331,19 @@ impl LinkHandle {
         write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
         cancel: Option<&CancellationToken>,
     ) -> Result<Box<RawValue>, Error> {
+        self.exchange_from(action, timeout, None, write_body, cancel)
+            .await
+    }
+
+    /// [`LinkHandle::exchange`], for a relayed call when `from` is given.
+    async fn exchange_from(
+        &self,
+        action: &str,
+        timeout: Duration,
+        from: Option<&str>,
+        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Box<RawValue>, Error> {
         if self.is_draining() {
             return Err(Error::Shutdown);
         }
@@ -318,7 +356,7 @@ impl LinkHandle {
             .register(self.shared.config.max_in_flight)?;
         let mut guard = CallGuard::new(&self.shared, id);
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let text = codec::encode_req_with(id, action, Some(timeout_ms), write_body)
+        let text = codec::encode_req_from(id, action, Some(timeout_ms), from, write_body)
             .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
         if text.len() > self.shared.max_out {
             return Err(Error::InvalidMessage(format!(
