@@ -47,7 +47,11 @@ pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
 pub use hooks::{handler, Call, Handler, Hooks};
-pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
+pub use frame::{StreamOpen, MAX_CREDIT};
+pub use link::{
+    CallHandle, CallStream, Canceller, Event, ItemSink, LinkConfig, LinkHandle, Role,
+    StreamOptions, DEFAULT_CREDIT,
+};
 pub use name::NameFormat;
 pub use store::{FileStore, MemoryStore, NameStore};
 
