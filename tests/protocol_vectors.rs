@@ -1062,8 +1062,16 @@ fn capability_frames_match_the_library() {
     assert_eq!(session.caps, caps);
     // No MAC covers caps: the frames are those of 14.2 plus the member.
     for (with, without, tail) in [
-        (&hello, v.get("hello_1"), r#","caps":["cancel","note","stream"]}"#),
-        (&auth_text, v.get("auth_1"), r#","caps":["cancel","note","stream"]}"#),
+        (
+            &hello,
+            v.get("hello_1"),
+            r#","caps":["cancel","note","stream"]}"#,
+        ),
+        (
+            &auth_text,
+            v.get("auth_1"),
+            r#","caps":["cancel","note","stream"]}"#,
+        ),
         (
             &welcome_text,
             v.get("welcome_1"),
@@ -1114,7 +1122,10 @@ fn capability_frames_match_the_library() {
         "prog",
     );
     for i in ["0", "1", "2"] {
-        shown(&codec::encode_item_with("item", 7, body(i)).expect("item"), "item");
+        shown(
+            &codec::encode_item_with("item", 7, body(i)).expect("item"),
+            "item",
+        );
     }
     shown(&codec::encode_credit(7, 1), "credit");
     let three = agent_protocol::RawValue::from_string("3".into()).expect("raw");

@@ -112,6 +112,9 @@ mod tests {
         assert_eq!(Caps::from_names(["cancel", "cancel", "x"]), Caps::CANCEL);
         assert_eq!(Caps::from_names(Vec::<String>::new()), Caps::NONE);
         assert!(Caps::NONE.is_empty() && Caps::NONE.to_wire().is_empty());
-        assert_eq!(format!("{:?}", Caps::SUPPORTED), r#"{"cancel", "note", "stream"}"#);
+        assert_eq!(
+            format!("{:?}", Caps::SUPPORTED),
+            r#"{"cancel", "note", "stream"}"#
+        );
     }
 }

@@ -46,8 +46,8 @@ pub use close::CloseReason;
 pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
-pub use hooks::{handler, Call, Handler, Hooks};
 pub use frame::{StreamOpen, MAX_CREDIT};
+pub use hooks::{handler, Call, Handler, Hooks};
 pub use link::{
     CallHandle, CallStream, Canceller, Event, ItemSink, LinkConfig, LinkHandle, Role,
     StreamOptions, DEFAULT_CREDIT,

@@ -17,13 +17,13 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tracing::Instrument;
 
 use super::serving::{CallCtl, Cancelled};
+use super::stream::Outlet;
 use super::{Outbound, Shared};
+use crate::caps::Caps;
 use crate::close::{self, CloseReason};
 use crate::codec;
 use crate::codec::CallRef;
 use crate::error::{codes, Error, HookError};
-use super::stream::Outlet;
-use crate::caps::Caps;
 use crate::frame::{Frame, Outcome, RequestId, Res, StreamOpen, MAX_CREDIT};
 use crate::hooks::Hooks;
 use crate::log_limit::{clip, LogLimit};
@@ -109,7 +109,11 @@ where
             action,
             body,
             timeout_ms,
-        }) => return Ok(serve(id, action, body, timeout_ms, None, shared, hooks, peer)),
+        }) => {
+            return Ok(serve(
+                id, action, body, timeout_ms, None, shared, hooks, peer,
+            ))
+        }
         Some(CallRef::Ok { id, body }) => {
             complete(shared, id, Ok(body.to_owned()));
             return Ok(None);
@@ -146,7 +150,10 @@ where
                 if open.credit == 0 || open.credit > MAX_CREDIT {
                     return Err((
                         close::PROTOCOL_ERROR,
-                        format!("req.stream.credit of {} is not 1 to {MAX_CREDIT}", open.credit),
+                        format!(
+                            "req.stream.credit of {} is not 1 to {MAX_CREDIT}",
+                            open.credit
+                        ),
                     ));
                 }
             }
@@ -171,9 +178,7 @@ where
         Frame::Credit(c) => {
             let outlet = shared.outlets.lock().get(&c.id).cloned();
             match outlet {
-                Some(outlet) => outlet
-                    .grant(c.n)
-                    .map_err(|e| (close::PROTOCOL_ERROR, e))?,
+                Some(outlet) => outlet.grant(c.n).map_err(|e| (close::PROTOCOL_ERROR, e))?,
                 // Late (the request was answered meanwhile) or unknown:
                 // credit for nothing changes nothing.
                 None if c.n == 0 => {
@@ -196,7 +201,11 @@ where
             // has ended) it is ignored, as protocol v1 said of `prog`.
             if !shared.pending.progress(p.id, p.body) {
                 if let Some(suppressed) = STRAY_FRAMES.allow() {
-                    tracing::debug!(id = p.id, suppressed, "prog for no streamed request ignored");
+                    tracing::debug!(
+                        id = p.id,
+                        suppressed,
+                        "prog for no streamed request ignored"
+                    );
                 }
             }
             Ok(None)

@@ -121,9 +121,8 @@ pub(crate) struct Shared {
     /// Notes of the peer dropped: past the bound, or while draining.
     pub(crate) dropped_notes: AtomicU64,
     /// The peer's streamed requests being served, for its `credit` frames.
-    pub(crate) outlets: parking_lot::Mutex<
-        std::collections::HashMap<crate::frame::RequestId, Arc<stream::Outlet>>,
-    >,
+    pub(crate) outlets:
+        parking_lot::Mutex<std::collections::HashMap<crate::frame::RequestId, Arc<stream::Outlet>>>,
     tx: mpsc::Sender<Outbound>,
     /// Set once, by whoever first asks the link to close; the driver sends it.
     pub(crate) close_request: parking_lot::Mutex<Option<(u16, String)>>,

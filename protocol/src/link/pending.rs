@@ -121,7 +121,6 @@ impl Pending {
         true
     }
 
-
     /// Takes request `id` out of the map without an outcome (its caller
     /// gave up); true when it was still there, so no outcome had arrived.
     pub(crate) fn forget(&self, id: RequestId) -> bool {
