@@ -105,8 +105,8 @@ fn install<P: Clone + Send + Sync + 'static>(
 }
 
 struct Pair {
-    _server: AgentServer,
-    _client: AgentClient,
+    server: AgentServer,
+    client: AgentClient,
     agent: Agent,
     /// The agent's side of the link.
     agent_link: LinkHandle,
@@ -142,8 +142,8 @@ async fn pair_with(builder: agent_tunnel::server::ServerBuilder) -> Pair {
     let handle = captured.lock().expect("slot").clone().expect("captured");
     Pair {
         agent_link: handle.link().clone(),
-        _server: server,
-        _client: client,
+        server,
+        client,
         agent,
         on_server,
         on_agent,
@@ -212,6 +212,34 @@ async fn ten_thousand_items_arrive_in_order_both_ways() {
             .all(|l| l.pending_requests() == 0 && l.running_hooks() == 0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_server_and_client_entry_points_stream_too() {
+    let p = pair().await;
+    let name = p.agent.name().to_owned();
+    let s =
+        within(
+            p.server
+                .send_to_streaming::<_, u64, u64>(name.as_str(), "count", &300u64, opts()),
+        )
+        .await
+        .expect("opens");
+    assert_eq!(within(s.outcome()).await.expect("outcome"), 300);
+    let s = within(
+        p.client
+            .send_streaming::<_, u64, u64>("count", &300u64, opts()),
+    )
+    .await
+    .expect("opens");
+    assert_eq!(within(s.outcome()).await.expect("outcome"), 300);
+    let err = within(
+        p.server
+            .send_to_streaming::<_, u64, u64>("nobody", "count", &1u64, opts()),
+    )
+    .await
+    .expect_err("no such agent");
+    assert_eq!(err.code(), codes::UNKNOWN_AGENT);
 }
 
 #[tokio::test]

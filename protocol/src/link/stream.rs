@@ -98,6 +98,17 @@ impl StreamOptions {
         self.credit
     }
 
+    /// The whole-call timeout given to [`StreamOptions::new`] (what bounds
+    /// the wait for a connection, even with an idle timeout).
+    pub fn whole_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The idle timeout, when one replaces the whole-call timeout.
+    pub fn idle(&self) -> Option<Duration> {
+        self.idle
+    }
+
     /// What `req.timeout_ms` says: the whole-call timeout, or nothing with
     /// an idle timeout.
     pub(crate) fn wire_timeout(&self) -> Option<u64> {
