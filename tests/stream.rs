@@ -505,6 +505,42 @@ async fn still_served(server: &AgentServer, good: &AgentClient) {
 }
 
 #[tokio::test]
+async fn items_in_flight_when_the_caller_drops_its_stream_are_discarded() {
+    // The caller dropped its stream (and sent `cancel`) while the callee
+    // was still sending within its credit: those items, and the `res`,
+    // are not a protocol violation.
+    let server = start(server_builder().default_timeout(LONG)).await;
+    install(server.hooks(), &Sent::default(), &watch::channel(None).0);
+    let (mut ws, name) = raw_agent_with(&server, Caps::SUPPORTED).await;
+    let agent = server.agent(&name).expect("registered");
+    let s = within(
+        agent
+            .link()
+            .call_stream::<_, u64, u64>("feed", &(), opts().credit(2)),
+    )
+    .await
+    .expect("opens");
+    let req = recv_json(&mut ws).await;
+    let id = req["id"].as_u64().expect("id");
+    drop(s);
+    assert_eq!(recv_json(&mut ws).await, json!({"t": "cancel", "id": id}));
+    for frame in [
+        json!({"t": "item", "id": id, "body": 0}),
+        json!({"t": "prog", "id": id, "body": 50}),
+        json!({"t": "item", "id": id, "body": 1}),
+        json!({"t": "res", "id": id, "err": {"code": "CANCELLED", "message": ""}}),
+        // A plain request after them: its answer shows they were read.
+        json!({"t": "req", "id": 1, "action": "count", "body": 2}),
+    ] {
+        send_json(&mut ws, &frame).await;
+    }
+    let res = recv_json(&mut ws).await;
+    assert_eq!(res, json!({"t": "res", "id": 1, "ok": 2}));
+    assert!(!agent.link().is_closed());
+    assert_eq!(agent.link().pending_requests(), 0);
+}
+
+#[tokio::test]
 async fn hostile_items_beyond_credit_close_4000() {
     hostile(|out, id| {
         for i in 0..3 {
