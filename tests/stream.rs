@@ -617,3 +617,32 @@ async fn hostile_zero_credit_closes_4000() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn hostile_malformed_stream_frames_close_4000() {
+    for frame in [
+        json!({"t": "item", "body": 1}),
+        json!({"t": "credit", "id": 1}),
+        json!({"t": "credit", "id": 1, "n": -1}),
+        json!({"t": "credit", "id": 1, "n": 4_294_967_296u64}),
+        json!({"t": "req", "id": 1, "action": "silent", "body": null, "stream": {"credit": 65_537}}),
+        json!({"t": "req", "id": 1, "action": "silent", "body": null, "stream": {}}),
+        json!({"t": "req", "id": 1, "action": "silent", "body": null, "stream": 5}),
+    ] {
+        hostile_caller(|out| out.push(frame)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_request_without_the_capability_closes_4000() {
+    // A peer that did not announce `stream` but asks for one anyway.
+    let server = start(server_builder().default_timeout(LONG)).await;
+    install(server.hooks(), &Sent::default(), &watch::channel(None).0);
+    let (mut ws, _) = raw_agent_with(&server, Caps::CANCEL).await;
+    send_json(
+        &mut ws,
+        &json!({"t": "req", "id": 1, "action": "count", "body": 1, "stream": {"credit": 4}}),
+    )
+    .await;
+    assert_eq!(expect_close(&mut ws).await.code, 4000);
+}

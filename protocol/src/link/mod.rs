@@ -9,6 +9,8 @@
 //!                          ├─ req      ─► hooks: answered inline, or on a task ─► queue
 //!                          ├─ note     ─► hooks, nothing answered (dropped past the bound)
 //!                          ├─ cancel   ─► serving.cancel(id): the hook task answers CANCELLED
+//!                          ├─ item/prog ─► the caller's stream inbox (bounded by its credit)
+//!                          ├─ credit   ─► the serving outlet: its ItemSink may send more
 //!                          └─ close/err ─► pending fails every waiter; driver closes
 //! ```
 //!
@@ -31,6 +33,9 @@
 //! [`Call::cancelled`](crate::Call::cancelled) and is dropped unless it
 //! [keeps running](crate::Call::keep_running), and every request still
 //! gets exactly one `res`, `CANCELLED` for one stopped this way.
+//! Streamed results ([`LinkHandle::call_stream`], capability `stream`)
+//! send `item` and `prog` frames before that `res`, paced by the caller's
+//! `credit` (see [`CallStream`]).
 //! [`LinkHandle::notify`] sends a `note`: the peer runs the hook and
 //! answers nothing.
 
