@@ -11,7 +11,10 @@ use agent_protocol::labels::Labels;
 use agent_protocol::link::{self, Role};
 use agent_protocol::time::deadline_in;
 use agent_protocol::transport;
-use agent_protocol::{close, codes, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret};
+use agent_protocol::{
+    close, codes, CallStream, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret,
+    StreamOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -259,6 +262,53 @@ impl AgentClient {
         let server = self.ready_by(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         server.link().call(action, body, left).await
+    }
+
+    /// Calls the server's hook `action` for a streamed result (see
+    /// [`LinkHandle::call_stream`]): its items and progress as they come,
+    /// then its result. Like [`AgentClient::send`], it waits for a
+    /// connection attempt under way (within the options' timeout) and fails
+    /// with `OFFLINE` without a link; `UNSUPPORTED` for a server without
+    /// the `stream` capability. The stream belongs to the link it was
+    /// opened on: if that link ends, it ends with `CONNECTION_CLOSED`.
+    ///
+    /// [`LinkHandle::call_stream`]: agent_protocol::LinkHandle::call_stream
+    ///
+    /// ```no_run
+    /// # async fn demo(client: agent_client::AgentClient) -> Result<(), agent_client::Error> {
+    /// use agent_protocol::{Event, StreamOptions};
+    /// use futures_util::StreamExt;
+    /// let opts = StreamOptions::new(std::time::Duration::from_secs(30));
+    /// let mut jobs = client.send_streaming::<_, String, ()>("jobs", &(), opts).await?;
+    /// while let Some(event) = jobs.next().await {
+    ///     if let Event::Item(job) = event? {
+    ///         println!("job {job}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_streaming<B, T, R>(
+        &self,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        let ready = match &*self.inner.state.borrow() {
+            State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
+            _ => None,
+        };
+        let server = match ready {
+            Some(server) => server,
+            None => {
+                let timeout = opts.whole_timeout();
+                let deadline = agent_protocol::time::deadline_in(timeout);
+                self.ready_by(deadline, timeout).await?
+            }
+        };
+        server.link().call_stream(action, body, opts).await
     }
 
     /// Sends the server a notification: its hook `action` runs with `body`,

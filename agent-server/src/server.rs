@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use agent_protocol::close;
 use agent_protocol::log_limit::LogLimit;
-use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret, Selector};
+use agent_protocol::{
+    CallStream, Error, Hooks, LinkConfig, NameFormat, Secret, Selector, StreamOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -435,6 +437,42 @@ impl AgentServer {
         let target = target.into();
         let agent = self.resolve(target.name())?;
         agent.send_timeout(action, body, timeout).await
+    }
+
+    /// Calls hook `action` on one agent for a streamed result: its items
+    /// and progress as they come, then its result (see
+    /// [`Agent::send_streaming`](crate::Agent::send_streaming)). Fails at
+    /// once with `SHUTDOWN` once shutdown has begun, as
+    /// [`AgentServer::send_to`] does for an agent unknown or not connected,
+    /// and with `UNSUPPORTED` for an agent without the `stream` capability.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::StreamOptions;
+    /// let total = server
+    ///     .send_to_streaming::<_, u64, u64>("A0001", "count", &10, StreamOptions::new(std::time::Duration::from_secs(5)))
+    ///     .await?
+    ///     .outcome()
+    ///     .await?;
+    /// # let _ = total;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_streaming<B, T, R>(
+        &self,
+        target: impl Into<Target>,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
+        let target = target.into();
+        let agent = self.resolve(target.name())?;
+        agent.send_streaming(action, body, opts).await
     }
 
     /// Calls hook `action` on every connected agent at once, with the default

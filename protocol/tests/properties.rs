@@ -193,14 +193,20 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 proof,
             })
         }),
-        (any::<u64>(), text(), body(), prop::option::of(any::<u64>())).prop_map(
-            |(id, action, body, timeout_ms)| Frame::Req(Req {
+        (
+            any::<u64>(),
+            text(),
+            body(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u32>())
+        )
+            .prop_map(|(id, action, body, timeout_ms, credit)| Frame::Req(Req {
                 id,
                 action,
                 body,
-                timeout_ms
-            })
-        ),
+                timeout_ms,
+                stream: credit.map(|credit| agent_protocol::StreamOpen { credit }),
+            })),
         (any::<u64>(), body()).prop_map(|(id, b)| Frame::Res(Res {
             id,
             outcome: Outcome::Ok(b)
@@ -247,6 +253,7 @@ fn assert_same(want: &Frame, got: &Frame) -> Result<(), TestCaseError> {
             prop_assert_eq!(&a.action, &b.action);
             prop_assert_eq!(a.body.get(), b.body.get());
             prop_assert_eq!(a.timeout_ms, b.timeout_ms);
+            prop_assert_eq!(a.stream, b.stream);
         }
         (Frame::Res(a), Frame::Res(b)) => {
             prop_assert_eq!(a.id, b.id);

@@ -17,12 +17,14 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tracing::Instrument;
 
 use super::serving::{CallCtl, Cancelled};
+use super::stream::Outlet;
 use super::{Outbound, Shared};
+use crate::caps::Caps;
 use crate::close::{self, CloseReason};
 use crate::codec;
 use crate::codec::CallRef;
 use crate::error::{codes, Error, HookError};
-use crate::frame::{Frame, Outcome, RequestId, Res};
+use crate::frame::{Frame, Outcome, RequestId, Res, StreamOpen, MAX_CREDIT};
 use crate::hooks::Hooks;
 use crate::log_limit::{clip, LogLimit};
 use crate::signed::Verifier;
@@ -107,7 +109,11 @@ where
             action,
             body,
             timeout_ms,
-        }) => return Ok(serve(id, action, body, timeout_ms, shared, hooks, peer)),
+        }) => {
+            return Ok(serve(
+                id, action, body, timeout_ms, None, shared, hooks, peer,
+            ))
+        }
         Some(CallRef::Ok { id, body }) => {
             complete(shared, id, Ok(body.to_owned()));
             return Ok(None);
@@ -133,15 +139,55 @@ where
             complete(shared, id, reply);
             Ok(None)
         }
-        Frame::Req(r) => Ok(serve(
-            r.id,
-            &r.action,
-            &r.body,
-            r.timeout_ms,
-            shared,
-            hooks,
-            peer,
-        )),
+        Frame::Req(r) => {
+            if let Some(open) = r.stream {
+                if !shared.peer_caps.contains(Caps::STREAM) {
+                    return Err((
+                        close::PROTOCOL_ERROR,
+                        "req.stream without the `stream` capability".into(),
+                    ));
+                }
+                if open.credit == 0 || open.credit > MAX_CREDIT {
+                    return Err((
+                        close::PROTOCOL_ERROR,
+                        format!(
+                            "req.stream.credit of {} is not 1 to {MAX_CREDIT}",
+                            open.credit
+                        ),
+                    ));
+                }
+            }
+            Ok(serve(
+                r.id,
+                &r.action,
+                &r.body,
+                r.timeout_ms,
+                r.stream,
+                shared,
+                hooks,
+                peer,
+            ))
+        }
+        Frame::Item(i) => {
+            shared
+                .pending
+                .item(i.id, i.body)
+                .map_err(|e| (close::PROTOCOL_ERROR, e))?;
+            Ok(None)
+        }
+        Frame::Credit(c) => {
+            let outlet = shared.outlets.lock().get(&c.id).cloned();
+            match outlet {
+                Some(outlet) => outlet.grant(c.n).map_err(|e| (close::PROTOCOL_ERROR, e))?,
+                // Late (the request was answered meanwhile) or unknown:
+                // credit for nothing changes nothing.
+                None if c.n == 0 => {
+                    return Err((close::PROTOCOL_ERROR, "credit of 0".into()));
+                }
+                None => {}
+            }
+            Ok(None)
+        }
         Frame::Note(n) => {
             serve_note(&n.action, &n.body, shared, hooks, peer);
             Ok(None)
@@ -150,9 +196,17 @@ where
             cancel(shared, c.id);
             Ok(None)
         }
-        Frame::Prog(_) => {
-            if let Some(suppressed) = STRAY_FRAMES.allow() {
-                tracing::debug!(kind = frame.kind(), suppressed, "reserved frame ignored");
+        Frame::Prog(p) => {
+            // Progress is advisory: for a request that is not streamed (or
+            // has ended) it is ignored, as protocol v1 said of `prog`.
+            if !shared.pending.progress(p.id, p.body) {
+                if let Some(suppressed) = STRAY_FRAMES.allow() {
+                    tracing::debug!(
+                        id = p.id,
+                        suppressed,
+                        "prog for no streamed request ignored"
+                    );
+                }
             }
             Ok(None)
         }
@@ -204,11 +258,13 @@ fn cancel(shared: &Shared, id: RequestId) {
 /// `max_in_flight` bounds answers waiting for room too. The peer's
 /// `cancel` drops it too, and it answers `CANCELLED` (unless the hook asked
 /// to keep running).
+#[allow(clippy::too_many_arguments)]
 fn serve<P>(
     id: RequestId,
     action: &str,
     body: &RawValue,
     timeout_ms: Option<u64>,
+    stream: Option<StreamOpen>,
     shared: &Arc<Shared>,
     hooks: &Hooks<P>,
     peer: &P,
@@ -235,21 +291,38 @@ where
         return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
     let max_out = shared.max_out;
-    let ctl = shared.calls.first_poll(id);
+    let outlet = match stream {
+        Some(open) => {
+            if shared.outlets.lock().contains_key(&id) {
+                let dup = HookError::invalid_message(format!("request {id} is streaming already"));
+                return Some(Outbound::Text(codec::encode_res(id, Err(&dup))));
+            }
+            Some(Arc::new(Outlet::new(shared, id, open.credit)))
+        }
+        None => None,
+    };
+    let ctl = shared.calls.first_poll(id, outlet.clone());
     let mut work = hooks.start_with(action, body, peer.clone(), ctl);
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
-    // link or any other request.
-    let waker = futures_util::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    match Pin::new(&mut work).poll(&mut cx) {
-        std::task::Poll::Ready(result) => {
+    // link or any other request. A streamed request always gets a task: its
+    // answer must follow its items through the queue.
+    if outlet.is_none() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(result) = Pin::new(&mut work).poll(&mut cx) {
             shared.calls.first_done();
             drop(permit);
-            Some(answer(id, &result, max_out))
+            return Some(answer(id, &result, max_out));
         }
-        std::task::Poll::Pending => {
+    }
+    {
+        {
             let token = shared.calls.to_task(id);
+            if let Some(outlet) = &outlet {
+                outlet.set_token(token.clone());
+                shared.outlets.lock().insert(id, Arc::clone(outlet));
+            }
             // Nobody waits past the caller's timeout, and nothing runs past
             // this side's own cap.
             let max = shared.config.max_hook_time;
@@ -287,6 +360,10 @@ where
                         // A cancelled hook's future is dropped here.
                     };
                     entry.finish();
+                    if let Some(outlet) = &outlet {
+                        // Items queued so far go before the answer; none after.
+                        outlet.close().await;
+                    }
                     let result = match outcome {
                         Some(Ok(result)) => result,
                         Some(Err(_)) => Err(HookError::new(
