@@ -106,6 +106,8 @@ pub struct ServerStats {
     /// Hook tasks alive for agents' calls (hooks that did not finish at
     /// once). They end with their agent's link.
     pub running_hooks: usize,
+    /// Bytes of frames waiting to be written to agents, over every link.
+    pub queued_bytes: usize,
 }
 
 impl ServerStats {
@@ -506,6 +508,12 @@ impl AgentServer {
         self.inner.names.is_revoked(name)
     }
 
+    /// True when the server has given `name` to an agent (connected or
+    /// not, revoked or not).
+    pub fn is_known(&self, name: &str) -> bool {
+        self.inner.names.is_known(name)
+    }
+
     /// Shuts down gracefully and returns once every connection has ended
     /// and the port is released.
     ///
@@ -566,6 +574,7 @@ impl AgentServer {
             pending_requests: live.iter().map(|a| a.link().pending_requests()).sum(),
             serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
             running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
+            queued_bytes: live.iter().map(|a| a.link().queued_bytes()).sum(),
         }
     }
 

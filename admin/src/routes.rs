@@ -1,0 +1,364 @@
+//! The handlers, one per route; see the table in the crate's README section.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use agent_protocol::Error;
+use agent_server::Agent;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::State;
+
+type St = AxState<Arc<State>>;
+
+/// Most agents one page of `GET /v1/agents` lists (and its default).
+pub(crate) const MAX_PAGE: usize = 1000;
+
+/// The media type of streamed selection results.
+pub(crate) const NDJSON: &str = "application/x-ndjson";
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let limit = state.config.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{name}", get(show_agent))
+        .route("/v1/agents/{name}/call/{action}", post(call_agent))
+        .route("/v1/agents/{name}/disconnect", post(disconnect))
+        .route("/v1/agents/{name}/revoke", post(revoke))
+        .route("/v1/agents/{name}/unrevoke", post(unrevoke))
+        .route("/v1/call/{action}", post(call_many))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(AxState(st): St) -> Response {
+    if st.server.is_stopped() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "stopping" })),
+        )
+            .into_response()
+    } else {
+        Json(json!({ "status": "ready" })).into_response()
+    }
+}
+
+async fn info(AxState(st): St) -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": st.server.local_addr().to_string(),
+        "uptime_ms": u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "stopped": st.server.is_stopped(),
+    }))
+}
+
+async fn stats(AxState(st): St) -> Json<Value> {
+    let s = st.server.stats();
+    Json(json!({
+        "agents": s.agents,
+        "reserved_names": s.reserved_names,
+        "handshakes": s.handshakes,
+        "connections": s.connections,
+        "pending_requests": s.pending_requests,
+        "serving_requests": s.serving_requests,
+        "running_hooks": s.running_hooks,
+        "queued_bytes": s.queued_bytes,
+        "handshake_failures": st.server.handshake_failure_counts(),
+    }))
+}
+
+async fn metrics(AxState(st): St) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&st.server, &st.calls),
+    )
+        .into_response()
+}
+
+/// One agent as the API shows it.
+pub(crate) fn agent_json(a: &Agent) -> Value {
+    let connected_at_ms = a
+        .connected_at()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    json!({
+        "name": a.name(),
+        "connection_id": a.connection_id(),
+        "peer_addr": a.peer_addr().to_string(),
+        "tls": a.is_tls(),
+        "first_time": a.first_time(),
+        "connected_at_ms": connected_at_ms,
+        "meta": a.meta(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    /// Agents per page (default and maximum [`MAX_PAGE`]).
+    limit: Option<usize>,
+    /// List the names after this one (the `next` of the previous page).
+    after: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn list_agents(
+    AxState(st): St,
+    q: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let page = query(q)?;
+    let limit = page.limit.unwrap_or(MAX_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
+    }
+    // Sorted by name, so `after` is a stable cursor while agents come and go.
+    let agents = st.server.agents();
+    let rest = agents
+        .iter()
+        .filter(|a| page.after.as_deref().is_none_or(|after| a.name() > after));
+    let mut listed: Vec<&Agent> = rest.take(limit + 1).collect();
+    let next = if listed.len() > limit {
+        listed.truncate(limit);
+        listed.last().map(|a| a.name().to_owned())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "agents": listed.iter().map(|a| agent_json(a)).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// The connected agent `name`, or why there is none (as calls report it).
+fn connected(st: &State, name: &str) -> Result<Agent, ApiError> {
+    if let Some(agent) = st.server.agent(name) {
+        return Ok(agent);
+    }
+    Err(if st.server.is_revoked(name) {
+        Error::Revoked(name.to_owned())
+    } else if st.server.is_known(name) {
+        Error::AgentNotConnected(name.to_owned())
+    } else {
+        Error::UnknownAgent(name.to_owned())
+    }
+    .into())
+}
+
+async fn show_agent(AxState(st): St, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let agent = connected(&st, &name)?;
+    Ok(Json(agent_json(&agent)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallParams {
+    /// Milliseconds to wait for each agent (default: the server's).
+    timeout_ms: Option<u64>,
+}
+
+/// The request body as JSON; an empty body is `null`.
+fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Box<RawValue>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RawValue::NULL.to_owned());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::InvalidMessage(format!("request body: {e}")).into())
+}
+
+/// Calls `agent`, recording the outcome in the API's metrics.
+async fn call_one(
+    st: &State,
+    agent: &Agent,
+    action: &str,
+    body: &RawValue,
+    timeout: Option<Duration>,
+) -> Result<Box<RawValue>, Error> {
+    let started = Instant::now();
+    let result = match timeout {
+        Some(t) => {
+            agent
+                .send_timeout::<_, Box<RawValue>>(action, body, t)
+                .await
+        }
+        None => agent.send::<_, Box<RawValue>>(action, body).await,
+    };
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(e) => e.code(),
+    };
+    st.calls.record(code, started.elapsed());
+    result
+}
+
+async fn call_agent(
+    AxState(st): St,
+    Path((name, action)): Path<(String, String)>,
+    q: Result<Query<CallParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(q)?;
+    let body = json_body(body, st.config.max_body_bytes)?;
+    let agent = connected(&st, &name)?;
+    let timeout = params.timeout_ms.map(Duration::from_millis);
+    let result = call_one(&st, &agent, &action, &body, timeout).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        result.get().to_owned(),
+    )
+        .into_response())
+}
+
+/// One agent's result in a selection call: `{"agent", "ok"}` or
+/// `{"agent", "error"}`.
+fn result_json(name: &str, result: Result<Box<RawValue>, Error>) -> Value {
+    match result {
+        Ok(raw) => {
+            let ok: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            json!({ "agent": name, "ok": ok })
+        }
+        Err(e) => json!({ "agent": name, "error": ApiError::from(e).body() }),
+    }
+}
+
+async fn call_many(
+    AxState(st): St,
+    Path(action): Path<String>,
+    q: Result<Query<CallParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(q)?;
+    let body: Arc<RawValue> = Arc::from(json_body(body, st.config.max_body_bytes)?);
+    if st.server.is_stopped() {
+        return Err(Error::Shutdown.into());
+    }
+    let agents = st.server.agents();
+    if agents.is_empty() {
+        return Err(Error::NoConnectedAgents.into());
+    }
+    let timeout = params.timeout_ms.map(Duration::from_millis);
+    let calls: FuturesUnordered<_> = agents
+        .into_iter()
+        .map(|agent| {
+            let (st, body, action) = (Arc::clone(&st), Arc::clone(&body), action.clone());
+            async move {
+                let result = call_one(&st, &agent, &action, &body, timeout).await;
+                result_json(agent.name(), result)
+            }
+        })
+        .collect();
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    if streamed {
+        // One line per agent, written as each answers.
+        let lines = calls.map(|v| {
+            let mut line = v.to_string();
+            line.push('\n');
+            Ok::<_, std::convert::Infallible>(line)
+        });
+        return Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response());
+    }
+    let mut results: Vec<Value> = calls.collect().await;
+    results.sort_by(|a, b| a["agent"].as_str().cmp(&b["agent"].as_str()));
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    reason: Option<String>,
+}
+
+fn reason(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    default: &str,
+) -> Result<String, ApiError> {
+    let raw = json_body(body, limit)?;
+    let r: Option<Reason> = serde_json::from_str(raw.get())
+        .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+    Ok(r.and_then(|r| r.reason)
+        .unwrap_or_else(|| default.to_owned()))
+}
+
+async fn disconnect(
+    AxState(st): St,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let reason = reason(
+        body,
+        st.config.max_body_bytes,
+        "disconnected by an operator",
+    )?;
+    st.server.disconnect(name.as_str(), &reason)?;
+    tracing::info!(agent = %name, "agent disconnected through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke(
+    AxState(st): St,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let reason = reason(body, st.config.max_body_bytes, "revoked by an operator")?;
+    st.server.revoke(&name, &reason).await?;
+    tracing::info!(agent = %name, "agent revoked through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unrevoke(AxState(st): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    st.server.unrevoke(&name).await?;
+    tracing::info!(agent = %name, "agent unrevoked through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
