@@ -151,6 +151,7 @@ async fn impostor_server() -> (SocketAddr, JoinHandle<Impostor>) {
                 max_in_flight: 8,
                 ping_interval_ms: 0,
             },
+            caps: Vec::new(),
         });
         transport::send_frame(&mut ws, &welcome).await.unwrap();
         let closed = expect_close(&mut ws).await;

@@ -297,6 +297,7 @@ async fn a_claim_without_a_name_is_ignored_and_a_fresh_name_assigned() {
         bind: None,
         meta: Map::new(),
         proof: hex(&proof),
+        caps: Vec::new(),
     });
     within(transport::send_frame(&mut ws, &auth)).await.unwrap();
     let Frame::Welcome(welcome) = within(transport::recv_frame(&mut ws)).await.unwrap() else {

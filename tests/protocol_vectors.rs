@@ -1007,9 +1007,91 @@ fn close_and_error_code_tables_match_the_library() {
         codes::CONFIG,
         codes::STORE,
         codes::SHUTDOWN,
+        codes::CANCELLED,
+        codes::UNSUPPORTED,
     ];
     for code in error_codes {
         let row = format!("| `{code}` |");
         assert!(text.contains(&row), "error code table lacks {row}");
     }
+}
+
+#[test]
+fn capability_frames_match_the_library() {
+    // 14.5: the first connection's handshake with both capabilities, built
+    // by the library's state machines, and the cancel exchange.
+    let text = doc();
+    let v = Vectors::load();
+    let secret = v.secret();
+    let caps = agent_protocol::Caps::SUPPORTED;
+    let shown = |frame: &str, what: &str| {
+        assert!(
+            fenced(&text, "json")
+                .iter()
+                .flatten()
+                .any(|line| line.trim() == frame),
+            "{what} is not shown in a json block: {frame}"
+        );
+    };
+    let server = ServerHandshake::with_nonce(v.b32("nonce_s_1"), v.sign()).with_caps(caps);
+    let hello = codec::encode(&server.hello());
+    shown(&hello, "hello with caps");
+    let mut client = ClientHandshake::with_nonce(v.b32("nonce_c_1"), Identity::default(), v.meta())
+        .with_caps(caps);
+    let auth = client
+        .on_hello(&secret, decode(&hello))
+        .expect("agent accepts hello");
+    let auth_text = codec::encode(&auth);
+    shown(&auth_text, "auth with caps");
+    let Frame::Auth(auth) = auth else {
+        panic!("not auth")
+    };
+    let verified = server.verify_auth(&secret, auth).expect("auth verifies");
+    assert_eq!(verified.caps(), caps);
+    let token = crypto::name_token(&Key::from_bytes(v.b32("server_key")), v.get("name_1"));
+    let (welcome, session) = server.welcome(
+        &secret,
+        &verified,
+        v.get("name_1"),
+        true,
+        Some(&token),
+        default_limits(),
+    );
+    let welcome_text = codec::encode(&welcome);
+    shown(&welcome_text, "welcome with caps");
+    assert_eq!(session.caps, caps);
+    // No MAC covers caps: the frames are those of 14.2 plus the member.
+    for (with, without, tail) in [
+        (&hello, v.get("hello_1"), r#","caps":["cancel","note"]}"#),
+        (&auth_text, v.get("auth_1"), r#","caps":["cancel","note"]}"#),
+        (
+            &welcome_text,
+            v.get("welcome_1"),
+            r#","caps":["cancel","note"]}"#,
+        ),
+    ] {
+        assert_eq!(
+            with.strip_suffix(tail).map(|t| format!("{t}}}")),
+            Some(without.to_owned())
+        );
+    }
+    let est = client
+        .on_answer(&secret, decode(&welcome_text))
+        .expect("agent accepts welcome");
+    assert_eq!(est.session.caps, caps);
+    // A peer that announces nothing agrees to nothing.
+    let old = ClientHandshake::with_nonce(v.b32("nonce_c_1"), Identity::default(), v.meta())
+        .on_hello(&secret, decode(&hello));
+    let Ok(Frame::Auth(old)) = old else {
+        panic!("not auth")
+    };
+    let old = server.verify_auth(&secret, old).expect("auth verifies");
+    let (welcome, session) = server.welcome(&secret, &old, "A0001", true, None, default_limits());
+    assert!(!codec::encode(&welcome).contains("caps"));
+    assert!(session.caps.is_empty());
+
+    shown(&codec::encode_cancel(6), "cancel");
+    let cancelled = agent_protocol::HookError::new(codes::CANCELLED, "cancelled by the caller");
+    let res = codec::encode_res(6, Err(&cancelled));
+    shown(&res, "the CANCELLED answer");
 }

@@ -254,6 +254,38 @@ impl AgentClient {
         server.link().call(action, body, left).await
     }
 
+    /// Sends the server a notification: its hook `action` runs with `body`,
+    /// and nothing comes back (see [`LinkHandle::notify`]). Like
+    /// [`AgentClient::send`], it waits for a connection attempt under way
+    /// (up to the default timeout) and fails with `OFFLINE` without a link;
+    /// `UNSUPPORTED` for a server written before notifications.
+    ///
+    /// [`LinkHandle::notify`]: agent_protocol::LinkHandle::notify
+    ///
+    /// ```no_run
+    /// # async fn demo(client: agent_client::AgentClient) -> Result<(), agent_client::Error> {
+    /// client.notify("log", &"deploy started").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(&self, action: &str, body: &B) -> Result<(), Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        let ready = match &*self.inner.state.borrow() {
+            State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
+            _ => None,
+        };
+        let server = match ready {
+            Some(server) => server,
+            None => {
+                let timeout = self.inner.default_timeout;
+                let deadline = agent_protocol::time::deadline_in(timeout);
+                self.ready_by(deadline, timeout).await?
+            }
+        };
+        server.link().notify(action, body).await
+    }
+
     async fn ready_by(&self, deadline: Instant, timeout: Duration) -> Result<ServerHandle, Error> {
         let mut rx = self.inner.state.subscribe();
         loop {

@@ -128,7 +128,8 @@ pub(crate) async fn authenticate(
     ws: &mut WebSocketStream<Stream>,
     d: Dial<'_>,
 ) -> Result<Established, Failure> {
-    let mut hs = ClientHandshake::new(d.identity, d.meta);
+    let mut hs =
+        ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
     let hello = recv(ws, d.link).await?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,

@@ -67,8 +67,8 @@ pub use peer::ServerHandle;
 pub use agent_protocol::store::{StoreError, StoreFuture};
 
 pub use agent_protocol::{
-    close, codes, Call, CloseReason, Error, FileStore, Handler, HookError, Hooks, LinkConfig,
-    MemoryStore, NameStore, Secret,
+    close, codes, Call, CallHandle, Canceller, Caps, CloseReason, Error, FileStore, Handler,
+    HookError, Hooks, LinkConfig, MemoryStore, NameStore, Secret,
 };
 /// The rustls crate this crate's TLS builders take (`ServerConfig`,
 /// `ClientConfig`, certificate types), re-exported so a hand-built TLS

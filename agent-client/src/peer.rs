@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol::{Error, LinkHandle};
+use agent_protocol::{CallHandle, Error, LinkHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -53,6 +53,34 @@ impl ServerHandle {
         R: DeserializeOwned,
     {
         self.link.call(action, body, timeout).await
+    }
+
+    /// Calls the server's hook `action` with the client's default timeout,
+    /// as a [`CallHandle`] that can be cancelled on purpose (see
+    /// [`LinkHandle::call_cancellable`]).
+    pub fn send_cancellable<B, R>(&self, action: &str, body: &B) -> CallHandle<R>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.link
+            .call_cancellable(action, body, self.default_timeout)
+    }
+
+    /// Sends the server a notification over this link: its hook `action`
+    /// runs with `body`, and nothing comes back (see
+    /// [`LinkHandle::notify`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_client::ServerHandle) -> Result<(), agent_client::Error> {
+    /// server.notify("progress", &serde_json::json!({"done": 10})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(&self, action: &str, body: &B) -> Result<(), Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.link.notify(action, body).await
     }
 
     /// The underlying link.

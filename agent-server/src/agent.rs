@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use agent_protocol::close;
-use agent_protocol::{CloseReason, Error, LinkHandle};
+use agent_protocol::{CallHandle, CloseReason, Error, LinkHandle};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -232,6 +232,50 @@ impl Agent {
         R: DeserializeOwned,
     {
         self.0.link.call(action, body, timeout).await
+    }
+
+    /// Calls the agent's hook `action` with the server's default timeout,
+    /// as a [`CallHandle`] that can be cancelled on purpose: after
+    /// [`CallHandle::cancel`] the agent's hook is stopped (unless it keeps
+    /// running) and the handle resolves with `CANCELLED` once the agent
+    /// confirmed it.
+    ///
+    /// ```no_run
+    /// # async fn demo(agent: agent_server::Agent) {
+    /// let deploy = agent.send_cancellable::<_, String>("deploy", &"v2");
+    /// let stop = deploy.canceller();
+    /// // Elsewhere, when the operator gives up: stop.cancel();
+    /// # stop.cancel();
+    /// match deploy.await {
+    ///     Err(e) if e.code() == "CANCELLED" => println!("deploy stopped"),
+    ///     other => println!("deploy ended: {other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn send_cancellable<B, R>(&self, action: &str, body: &B) -> CallHandle<R>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.0
+            .link
+            .call_cancellable(action, body, self.0.info.default_timeout)
+    }
+
+    /// Sends the agent a notification: its hook `action` runs with `body`,
+    /// and nothing comes back (see [`LinkHandle::notify`]). Fails with
+    /// `UNSUPPORTED` for an agent written before notifications.
+    ///
+    /// ```no_run
+    /// # async fn demo(agent: agent_server::Agent) -> Result<(), agent_server::Error> {
+    /// agent.notify("config-changed", &serde_json::json!({"version": 7})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(&self, action: &str, body: &B) -> Result<(), Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.0.link.notify(action, body).await
     }
 
     /// Disconnects this connection: closes its link with close code 4006

@@ -393,7 +393,9 @@ async fn authenticate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hs = ServerHandshake::new(server.sign_frames);
+    // Both capabilities of this implementation; the welcome carries those
+    // the agent announced too, and the link uses only those.
+    let hs = ServerHandshake::new(server.sign_frames).with_caps(agent_protocol::Caps::SUPPORTED);
     transport::send_frame(ws, &hs.hello())
         .await
         .map_err(|e| Failure::Gone(e.to_string()))?;

@@ -409,7 +409,8 @@ impl AgentServer {
     ///
     /// One agent's failure never fails the others. Fails as a whole only with
     /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
-    /// `INVALID_MESSAGE` when `body` does not serialize.
+    /// `INVALID_MESSAGE` when `body` does not serialize. Dropping the future
+    /// before it finished cancels every call still waiting, on every agent.
     pub async fn send_all<B, R>(
         &self,
         action: &str,
@@ -457,6 +458,73 @@ impl AgentServer {
             (agent.name().to_owned(), result)
         });
         Ok(join_all(calls).await.into_iter().collect())
+    }
+
+    /// Sends one agent a notification (see [`Agent::notify`]): its hook
+    /// `action` runs and nothing comes back. Fails like
+    /// [`AgentServer::send_to`] for an agent that is not connected
+    /// (`SHUTDOWN` once shutdown has begun), and with `UNSUPPORTED` for an
+    /// agent written before notifications.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// server.notify("A0001", "reload", &()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(
+        &self,
+        target: impl Into<Target>,
+        action: &str,
+        body: &B,
+    ) -> Result<(), Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
+        let target = target.into();
+        self.resolve(target.name())?.notify(action, body).await
+    }
+
+    /// Sends every connected agent the same notification at once, and
+    /// returns by name whether each was queued (`UNSUPPORTED` for an agent
+    /// written before notifications). Fails as a whole only with
+    /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
+    /// `INVALID_MESSAGE` when `body` does not serialize.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// for (name, sent) in server.notify_all("rotate-logs", &()).await? {
+    ///     if let Err(e) = sent {
+    ///         println!("{name}: {e}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify_all<B>(
+        &self,
+        action: &str,
+        body: &B,
+    ) -> Result<BTreeMap<String, Result<(), Error>>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
+        let agents = self.inner.registry.live();
+        if agents.is_empty() {
+            return Err(Error::NoConnectedAgents);
+        }
+        let raw = serde_json::value::to_raw_value(body)
+            .map_err(|e| Error::InvalidMessage(format!("note body: {e}")))?;
+        let raw = &*raw;
+        let notes = agents.iter().map(|agent| async move {
+            let sent = agent.link().notify_raw(action, raw).await;
+            (agent.name().to_owned(), sent)
+        });
+        Ok(join_all(notes).await.into_iter().collect())
     }
 
     /// Disconnects the agent `target` names (for an [`Agent`] handle, the

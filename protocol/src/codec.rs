@@ -69,6 +69,7 @@ struct Flat<'a> {
     #[serde(default, borrow, deserialize_with = "raw_present")]
     ok: Option<&'a RawValue>,
     err: Option<HookError>,
+    caps: Option<Vec<String>>,
 }
 
 /// Longest decode error text: serde's messages quote the input (a string
@@ -140,6 +141,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             v: need(f.v, "hello", "v")?,
             nonce: need(f.nonce, "hello", "nonce")?,
             sign: f.sign.unwrap_or(false),
+            caps: f.caps.unwrap_or_default(),
         }),
         "auth" => Frame::Auth(Auth {
             nonce: need(f.nonce, "auth", "nonce")?,
@@ -148,6 +150,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             bind: f.bind,
             meta: f.meta.unwrap_or_default(),
             proof: need(f.proof, "auth", "proof")?,
+            caps: f.caps.unwrap_or_default(),
         }),
         "welcome" => Frame::Welcome(Welcome {
             name: need(f.name, "welcome", "name")?,
@@ -155,6 +158,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             token: f.token,
             proof: need(f.proof, "welcome", "proof")?,
             limits: need(f.limits, "welcome", "limits")?,
+            caps: f.caps.unwrap_or_default(),
         }),
         "reject" => Frame::Reject(Reject {
             code: need(f.code, "reject", "code")?,
@@ -177,7 +181,8 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
     Ok(frame)
 }
 
-/// One of the two frames of every call, read in place from the message text.
+/// A frame read in place from the message text: the two frames of every
+/// call, and the two small frames of cancellation and notification.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum CallRef<'a> {
     /// `req`.
@@ -189,22 +194,24 @@ pub(crate) enum CallRef<'a> {
     },
     /// `res` with `ok`.
     Ok { id: RequestId, body: &'a RawValue },
+    /// `note`.
+    Note { action: &'a str, body: &'a RawValue },
+    /// `cancel`.
+    Cancel { id: RequestId },
 }
 
-/// Reads the `req` and `res {ok}` frames in the exact layout
-/// [`encode_req_with`] and [`encode_res`] write, without the general parser
-/// and without copying anything: those two carry every call. Any other text
-/// (other key order, whitespace, escapes in the action, an `err` outcome,
-/// anything invalid) gives `None` and takes the general path, so both paths
-/// give the same frame for the same text and every error comes from one
-/// place.
+/// Reads the `req`, `res {ok}`, `note` and `cancel` frames in the exact
+/// layout [`encode_req_with`], [`encode_res`], [`encode_note_with`] and
+/// [`encode_cancel`] write, without the general parser and without copying
+/// anything: those carry every call. Any other text (other key order,
+/// whitespace, escapes in the action, an `err` outcome, anything invalid)
+/// gives `None` and takes the general path, so both paths give the same
+/// frame for the same text and every error comes from one place. `req` and
+/// `res` are tried first: the other two cost them nothing.
 pub(crate) fn decode_call_ref(text: &str) -> Option<CallRef<'_>> {
     if let Some(rest) = text.strip_prefix(r#"{"t":"req","id":"#) {
         let (id, rest) = split_u64(rest)?;
-        let (action, rest) = rest.strip_prefix(r#","action":""#)?.split_once('"')?;
-        if action.bytes().any(|b| b < 0x20 || b == b'\\') {
-            return None;
-        }
+        let (action, rest) = split_action(rest.strip_prefix(r#","action":""#)?)?;
         let rest = rest.strip_prefix(r#","body":"#)?.strip_suffix('}')?;
         let (body, timeout_ms) = match split_timeout(rest) {
             Some((body, ms)) => (body, Some(ms)),
@@ -217,13 +224,38 @@ pub(crate) fn decode_call_ref(text: &str) -> Option<CallRef<'_>> {
             timeout_ms,
         });
     }
-    let rest = text.strip_prefix(r#"{"t":"res","id":"#)?;
-    let (id, rest) = split_u64(rest)?;
-    let body = rest.strip_prefix(r#","ok":"#)?.strip_suffix('}')?;
-    Some(CallRef::Ok {
-        id,
-        body: exact_value(body)?,
-    })
+    if let Some(rest) = text.strip_prefix(r#"{"t":"res","id":"#) {
+        let (id, rest) = split_u64(rest)?;
+        let body = rest.strip_prefix(r#","ok":"#)?.strip_suffix('}')?;
+        return Some(CallRef::Ok {
+            id,
+            body: exact_value(body)?,
+        });
+    }
+    if let Some(rest) = text.strip_prefix(r#"{"t":"note","action":""#) {
+        let (action, rest) = split_action(rest)?;
+        let body = rest.strip_prefix(r#","body":"#)?.strip_suffix('}')?;
+        return Some(CallRef::Note {
+            action,
+            body: exact_value(body)?,
+        });
+    }
+    let rest = text.strip_prefix(r#"{"t":"cancel","id":"#)?;
+    match split_u64(rest)? {
+        (id, "}") => Some(CallRef::Cancel { id }),
+        _ => None,
+    }
+}
+
+/// Splits `<action>"<rest>` at the closing quote of an action written
+/// without escapes (one with escapes or control characters takes the
+/// general path).
+fn split_action(text: &str) -> Option<(&str, &str)> {
+    let (action, rest) = text.split_once('"')?;
+    if action.bytes().any(|b| b < 0x20 || b == b'\\') {
+        return None;
+    }
+    Some((action, rest))
 }
 
 /// [`decode_call_ref`], as an owned frame.
@@ -244,6 +276,11 @@ fn decode_call(text: &str) -> Option<Frame> {
             id,
             outcome: Outcome::Ok(body.to_owned()),
         }),
+        CallRef::Note { action, body } => Frame::Note(Note {
+            action: action.to_owned(),
+            body: body.to_owned(),
+        }),
+        CallRef::Cancel { id } => Frame::Cancel(Cancel { id }),
     })
 }
 
@@ -376,6 +413,45 @@ pub fn encode_res(id: RequestId, outcome: Result<&RawValue, &HookError>) -> Stri
     into_text(buf).unwrap_or_default()
 }
 
+/// Encodes a `note` frame whose body `write_body` writes in place.
+///
+/// ```
+/// use agent_protocol::codec;
+/// let text = codec::encode_note_with("log", |buf| {
+///     buf.extend_from_slice(br#"{"line":"started"}"#);
+///     Ok(())
+/// })
+/// .unwrap();
+/// assert_eq!(text, r#"{"t":"note","action":"log","body":{"line":"started"}}"#);
+/// ```
+pub fn encode_note_with(
+    action: &str,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    let mut buf = Vec::with_capacity(64 + action.len());
+    buf.extend_from_slice(br#"{"t":"note","action":"#);
+    push_json_str(&mut buf, action);
+    buf.extend_from_slice(br#","body":"#);
+    write_body(&mut buf)?;
+    buf.push(b'}');
+    into_text(buf).map_err(serde::ser::Error::custom)
+}
+
+/// Encodes a `cancel` frame.
+///
+/// ```
+/// assert_eq!(agent_protocol::codec::encode_cancel(6), r#"{"t":"cancel","id":6}"#);
+/// ```
+pub fn encode_cancel(id: RequestId) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(id);
+    let mut text = String::with_capacity(20 + digits.len());
+    text.push_str(r#"{"t":"cancel","id":"#);
+    text.push_str(digits);
+    text.push('}');
+    text
+}
+
 /// Encodes a frame as the text of one WebSocket message.
 pub fn encode(frame: &Frame) -> String {
     // The two frames of every call take the direct path.
@@ -390,6 +466,16 @@ pub fn encode(frame: &Frame) -> String {
                 },
             )
         }
+        Frame::Note(n) => {
+            let raw = n.body.get().as_bytes();
+            if let Ok(text) = encode_note_with(&n.action, |buf| {
+                buf.extend_from_slice(raw);
+                Ok(())
+            }) {
+                return text;
+            }
+        }
+        Frame::Cancel(c) => return encode_cancel(c.id),
         _ => {}
     }
     // Serializing these types cannot fail: every map key is a string and every
@@ -425,7 +511,24 @@ mod tests {
             r#"{"t":"req","id":2,"action":"a","body":"5,\"timeout_ms\":6"}"#,
             r#"{"t":"res","id":3,"ok":[1,"two",{"3":null}]}"#,
             r#"{"t":"res","id":3,"ok":"}"}"#,
+            r#"{"t":"note","action":"log","body":{"line":"x"}}"#,
+            r#"{"t":"note","action":"é","body":null}"#,
+            r#"{"t":"cancel","id":6}"#,
+            r#"{"t":"cancel","id":18446744073709551615}"#,
             // Declined by the direct path; the general parser decides.
+            r#"{"t":"note","action":"a\"b","body":1}"#,
+            r#"{"t":"note","action":"a","body":1,"body":2}"#,
+            r#"{"t":"note","action":"a","body": 1}"#,
+            r#"{"t":"note","action":"a","body":1,"caps":5}"#,
+            r#"{"t":"note","action":"a"}"#,
+            r#"{"t":"note","body":1,"action":"a"}"#,
+            r#"{"t":"cancel","id":6,"id":7}"#,
+            r#"{"t":"cancel","id":06}"#,
+            r#"{"t":"cancel","id":-6}"#,
+            r#"{"t":"cancel","id":"6"}"#,
+            r#"{"t":"cancel","id":6 }"#,
+            r#"{"t":"cancel","id":6,"x":1}"#,
+            r#"{"t":"cancel"}"#,
             r#"{"t":"req","id":2,"action":"a","body":1,"body":2}"#,
             r#"{"t":"req","id":2,"action":"a","body":1,"timeout_ms":5,"timeout_ms":6}"#,
             r#"{"t":"req","id":2,"action":"a","body":1,"timeout_ms":05}"#,
@@ -460,7 +563,7 @@ mod tests {
             assert_eq!(format!("{:?}", decode(text)), general, "{text}");
         }
         // The direct path takes what this codec writes.
-        for text in &texts[..9] {
+        for text in &texts[..13] {
             assert!(decode_call(text).is_some(), "{text}");
         }
     }
@@ -547,6 +650,21 @@ mod tests {
                 encode(&Frame::Res(r.clone())),
                 serde_json::to_string(&Plain::Res(r)).unwrap()
             );
+        }
+        let others = [
+            Frame::Note(Note {
+                action: "quote\"back\\slash\u{1}é".into(),
+                body: raw(r#"{"a":[1,"x"]}"#),
+            }),
+            Frame::Note(Note {
+                action: "log".into(),
+                body: raw("null"),
+            }),
+            Frame::Cancel(Cancel { id: 0 }),
+            Frame::Cancel(Cancel { id: u64::MAX }),
+        ];
+        for f in &others {
+            assert_eq!(encode(f), serde_json::to_string(f).unwrap());
         }
     }
 
@@ -656,6 +774,7 @@ mod tests {
                 v: 1,
                 nonce: "ab".repeat(32),
                 sign: true,
+                caps: vec!["cancel".into(), "note".into()],
             }),
             Frame::Auth(Auth {
                 nonce: "cd".repeat(32),
@@ -664,6 +783,7 @@ mod tests {
                 bind: Some("ab".repeat(32)),
                 meta: serde_json::from_str(r#"{"region":"eu"}"#).unwrap(),
                 proof: "01".repeat(32),
+                caps: vec!["note".into(), "future-thing".into()],
             }),
             Frame::Welcome(Welcome {
                 name: "A0001".into(),
@@ -675,6 +795,7 @@ mod tests {
                     max_in_flight: 256,
                     ping_interval_ms: 15_000,
                 },
+                caps: vec![],
             }),
             Frame::Reject(Reject {
                 code: "WRONG_SECRET".into(),
@@ -692,5 +813,18 @@ mod tests {
             let back = decode(&text).unwrap();
             assert_eq!(encode(&back), text);
         }
+    }
+
+    #[test]
+    fn caps_are_optional_and_type_checked() {
+        let hello = r#"{"t":"hello","v":1,"nonce":"00","sign":false}"#;
+        assert!(matches!(decode(hello).unwrap(), Frame::Hello(h) if h.caps.is_empty()));
+        let with = r#"{"t":"hello","v":1,"nonce":"00","sign":false,"caps":["cancel","x"]}"#;
+        assert!(matches!(decode(with).unwrap(), Frame::Hello(h) if h.caps == ["cancel", "x"]));
+        assert_eq!(encode(&decode(with).unwrap()), with);
+        assert!(matches!(
+            decode(r#"{"t":"hello","v":1,"nonce":"00","caps":"cancel"}"#),
+            Err(DecodeError::InvalidJson(_))
+        ));
     }
 }

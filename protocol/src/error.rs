@@ -62,6 +62,11 @@ pub mod codes {
     pub const STORE: &str = "STORE";
     /// The server is shutting down or the client was closed.
     pub const SHUTDOWN: &str = "SHUTDOWN";
+    /// The caller cancelled the call: the peer stopped serving it.
+    pub const CANCELLED: &str = "CANCELLED";
+    /// The peer does not support what was asked (it did not announce the
+    /// capability, e.g. `note` for a notification).
+    pub const UNSUPPORTED: &str = "UNSUPPORTED";
 }
 
 /// An application error: returned by a hook, carried in `res.err`, received
@@ -226,6 +231,17 @@ pub enum Error {
     /// The server is shutting down, or the client was closed (`SHUTDOWN`).
     #[error("shut down")]
     Shutdown,
+    /// The call was cancelled with [`CallHandle::cancel`](crate::link::CallHandle::cancel)
+    /// (`CANCELLED`): the peer confirmed that it stopped serving it, or it
+    /// had not been sent yet, or the peer cannot be told (no `cancel`
+    /// capability).
+    #[error("cancelled")]
+    Cancelled,
+    /// The peer does not support what was asked (`UNSUPPORTED`): it did not
+    /// announce the capability, e.g. `note` for a notification to a peer
+    /// written before notifications. The text names the capability.
+    #[error("not supported by the peer: {0}")]
+    Unsupported(String),
 }
 
 impl Error {
@@ -255,6 +271,8 @@ impl Error {
             Error::Config(_) => codes::CONFIG,
             Error::Store(_) => codes::STORE,
             Error::Shutdown => codes::SHUTDOWN,
+            Error::Cancelled => codes::CANCELLED,
+            Error::Unsupported(_) => codes::UNSUPPORTED,
         }
     }
 

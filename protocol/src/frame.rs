@@ -38,9 +38,10 @@ pub enum Frame {
     Req(Req),
     /// The response to a `req`.
     Res(Res),
-    /// Fire-and-forget message (reserved; received notes are ignored in v1).
+    /// A fire-and-forget message for a hook on the other side (capability
+    /// `note`).
     Note(Note),
-    /// Cancel a request in flight (reserved; ignored in v1).
+    /// Cancels a request in flight (capability `cancel`).
     Cancel(Cancel),
     /// Progress of a request in flight (reserved; ignored in v1).
     Prog(Prog),
@@ -63,7 +64,7 @@ impl Frame {
     }
 }
 
-/// `hello {v, nonce, sign}`.
+/// `hello {v, nonce, sign, caps?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Protocol version, [`PROTOCOL_VERSION`].
@@ -72,10 +73,14 @@ pub struct Hello {
     pub nonce: String,
     /// Whether every frame after the handshake must be signed.
     pub sign: bool,
+    /// The capabilities the server supports (see [`crate::Caps`]); absent
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
 }
 
-/// `auth {nonce, name?, claim?, bind?, meta, proof}`. `Debug` leaves out the
-/// proof, the claim and the bind.
+/// `auth {nonce, name?, claim?, bind?, meta, proof, caps?}`. `Debug` leaves
+/// out the proof, the claim and the bind.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
     /// The agent's nonce, 32 random bytes as lowercase hex.
@@ -96,10 +101,14 @@ pub struct Auth {
     pub meta: Map<String, Value>,
     /// Proof that the agent knows the shared secret, as lowercase hex.
     pub proof: String,
+    /// The capabilities the agent supports (see [`crate::Caps`]); absent
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
 }
 
-/// `welcome {name, first_time, token?, proof, limits}`. `Debug` leaves out
-/// the token and the proof.
+/// `welcome {name, first_time, token?, proof, limits, caps?}`. `Debug`
+/// leaves out the token and the proof.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The agent's name for this session.
@@ -113,6 +122,10 @@ pub struct Welcome {
     pub proof: String,
     /// Limits the server enforces on this link.
     pub limits: Limits,
+    /// The capabilities both sides announced, which this link uses (see
+    /// [`crate::Caps`]); absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
 }
 
 /// `"<redacted>"` for a secret value that is there, `None` for one that is not.
@@ -129,6 +142,7 @@ impl std::fmt::Debug for Auth {
             .field("bind", &redacted(&self.bind))
             .field("meta", &self.meta)
             .field("proof", &"<redacted>")
+            .field("caps", &self.caps)
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +165,7 @@ impl std::fmt::Debug for Welcome {
             .field("token", &redacted(&self.token))
             .field("proof", &"<redacted>")
             .field("limits", &self.limits)
+            .field("caps", &self.caps)
             .finish()
     }
 }
@@ -214,7 +229,7 @@ pub enum Outcome {
     Err(HookError),
 }
 
-/// `note {action, body}` (reserved).
+/// `note {action, body}`: runs the hook `action` and answers nothing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Note {
     /// The hook the note is for.
@@ -223,7 +238,8 @@ pub struct Note {
     pub body: Box<RawValue>,
 }
 
-/// `cancel {id}` (reserved).
+/// `cancel {id}`: the sender gives up on its request `id`; the receiver
+/// stops serving it and answers it with `CANCELLED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel {
     /// The request to cancel.

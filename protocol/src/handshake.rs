@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! server                                   agent
-//!   hello {v, nonce_s, sign}  ───────────►
-//!                             ◄─────────── auth {nonce_c, name?, claim?, bind?, meta, proof}
-//!   welcome {name, first_time, token?, proof, limits}  or  reject {code, message, proof?}
+//!   hello {v, nonce_s, sign, caps?}  ────►
+//!                             ◄─────────── auth {nonce_c, name?, claim?, bind?, meta, proof, caps?}
+//!   welcome {name, first_time, token?, proof, limits, caps?}  or  reject {code, message, proof?}
 //! ```
+//!
+//! Capabilities ([`Caps`]) are announced by each side (`hello.caps`,
+//! `auth.caps`) and the server answers the set both announced
+//! (`welcome.caps`), which the link then uses. A state machine announces
+//! none unless given some with `with_caps`, which is what a peer written
+//! before capabilities looks like.
 //!
 //! The agent proves the shared secret with `proof`; the server proves it back
 //! in `welcome.proof`, so an agent never talks to a server that does not know
@@ -26,6 +32,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::caps::Caps;
 use crate::close;
 use crate::crypto::{self, Key, Secret, LEN};
 use crate::error::{codes, Error};
@@ -38,6 +45,8 @@ pub struct Session {
     pub key: Key,
     /// Whether every frame after the handshake is signed.
     pub sign: bool,
+    /// The capabilities both sides announced: what the link may use.
+    pub caps: Caps,
 }
 
 /// A failed handshake as the server answers it: a `reject` frame's code and
@@ -105,6 +114,15 @@ pub struct VerifiedAuth {
     bind: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
+    caps: Caps,
+}
+
+impl VerifiedAuth {
+    /// The capabilities the agent announced (those this implementation
+    /// knows).
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
 }
 
 impl std::fmt::Debug for VerifiedAuth {
@@ -162,6 +180,7 @@ impl std::fmt::Debug for BindDigest {
 pub struct ServerHandshake {
     nonce_s: [u8; LEN],
     sign: bool,
+    caps: Caps,
 }
 
 impl ServerHandshake {
@@ -172,7 +191,26 @@ impl ServerHandshake {
 
     /// Starts a handshake with a given nonce (test vectors).
     pub fn with_nonce(nonce_s: [u8; LEN], sign: bool) -> Self {
-        ServerHandshake { nonce_s, sign }
+        ServerHandshake {
+            nonce_s,
+            sign,
+            caps: Caps::NONE,
+        }
+    }
+
+    /// Announces `caps` in `hello` (default: none). The `welcome` then
+    /// carries those of them the agent announced too.
+    ///
+    /// ```
+    /// use agent_protocol::{handshake::ServerHandshake, Caps, Frame};
+    /// let hs = ServerHandshake::new(false).with_caps(Caps::SUPPORTED);
+    /// let Frame::Hello(hello) = hs.hello() else { unreachable!() };
+    /// assert_eq!(hello.caps, ["cancel", "note"]);
+    /// ```
+    #[must_use]
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// The `hello` frame that opens the handshake.
@@ -181,6 +219,7 @@ impl ServerHandshake {
             v: PROTOCOL_VERSION,
             nonce: hex::encode(self.nonce_s),
             sign: self.sign,
+            caps: self.caps.to_wire(),
         })
     }
 
@@ -231,6 +270,7 @@ impl ServerHandshake {
             claim,
             bind,
             meta: auth.meta,
+            caps: Caps::from_names(&auth.caps),
         })
     }
 
@@ -282,16 +322,19 @@ impl ServerHandshake {
         limits: Limits,
     ) -> (Frame, Session) {
         let proof = crypto::server_proof_input(secret, &self.nonce_s, &auth.nonce_c, name).finish();
+        let caps = self.caps.intersect(auth.caps);
         let frame = Frame::Welcome(Welcome {
             name: name.to_owned(),
             first_time,
             token: token.map(Key::to_hex),
             proof: hex::encode(proof),
             limits,
+            caps: caps.to_wire(),
         });
         let session = Session {
             key: crypto::session_key(secret, &self.nonce_s, &auth.nonce_c),
             sign: self.sign,
+            caps,
         };
         (frame, session)
     }
@@ -345,6 +388,7 @@ pub struct ClientHandshake {
     sign: bool,
     identity: Identity,
     meta: Map<String, Value>,
+    caps: Caps,
 }
 
 impl ClientHandshake {
@@ -361,7 +405,24 @@ impl ClientHandshake {
             sign: false,
             identity,
             meta,
+            caps: Caps::NONE,
         }
+    }
+
+    /// Announces `caps` in `auth` (default: none). The link uses those the
+    /// server's `welcome` confirms.
+    ///
+    /// ```
+    /// use agent_protocol::handshake::{ClientHandshake, Identity};
+    /// use agent_protocol::Caps;
+    /// let hs = ClientHandshake::new(Identity::default(), Default::default())
+    ///     .with_caps(Caps::SUPPORTED);
+    /// # drop(hs);
+    /// ```
+    #[must_use]
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// Answers the server's `hello` with an `auth` frame.
@@ -405,6 +466,7 @@ impl ClientHandshake {
             bind,
             meta: self.meta.clone(),
             proof: hex::encode(proof),
+            caps: self.caps.to_wire(),
         }))
     }
 
@@ -478,6 +540,8 @@ impl ClientHandshake {
             session: Session {
                 key: crypto::session_key(secret, &nonce_s, &self.nonce_c),
                 sign: self.sign,
+                // Only what this side offered counts, whatever the server says.
+                caps: Caps::from_names(&welcome.caps).intersect(self.caps),
             },
             limits: welcome.limits,
         })
@@ -534,6 +598,31 @@ mod tests {
         assert!(est.first_time);
         assert_eq!(est.identity.token, Some(token));
         assert_eq!(est.session.key, s_session.key);
+    }
+
+    #[test]
+    fn the_welcome_carries_the_capabilities_both_announced() {
+        let cases = [
+            (Caps::SUPPORTED, Caps::SUPPORTED, Caps::SUPPORTED),
+            (Caps::SUPPORTED, Caps::NOTE, Caps::NOTE),
+            (Caps::SUPPORTED, Caps::NONE, Caps::NONE),
+            (Caps::NONE, Caps::SUPPORTED, Caps::NONE),
+        ];
+        for (server_caps, agent_caps, agreed) in cases {
+            let secret = Secret::from("s");
+            let server = ServerHandshake::new(false).with_caps(server_caps);
+            let mut client =
+                ClientHandshake::new(Identity::default(), Map::new()).with_caps(agent_caps);
+            let Frame::Auth(auth) = client.on_hello(&secret, server.hello()).unwrap() else {
+                panic!("not auth")
+            };
+            let verified = server.verify_auth(&secret, auth).unwrap();
+            assert_eq!(verified.caps(), agent_caps);
+            let (welcome, session) = server.welcome(&secret, &verified, "A1", true, None, LIMITS);
+            assert_eq!(session.caps, agreed);
+            let est = client.on_answer(&secret, welcome).unwrap();
+            assert_eq!(est.session.caps, agreed);
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::value::RawValue;
 
 use crate::codec::null_body;
 use crate::error::{codes, HookError};
+use crate::link::serving::CallCtl;
 use crate::log_limit::{clip, LogLimit};
 
 /// Longest part of an action name quoted in an error message or a log line.
@@ -40,12 +41,86 @@ pub const ACTION_CLIP: usize = 64;
 const DECODE_CLIP: usize = 200;
 
 /// What a handler learns about the call besides its body.
+///
+/// Besides the action and the peer, it tells whether the call is a
+/// notification ([`Call::is_notification`]), and lets a hook see the
+/// caller's cancel ([`Call::cancelled`], [`Call::is_cancelled`]) and opt
+/// out of being dropped by it ([`Call::keep_running`]).
 #[derive(Debug, Clone)]
 pub struct Call<P> {
     /// The action the caller asked for.
     pub action: Arc<str>,
     /// The calling peer: the `Agent` on the server, the server link on an agent.
     pub peer: P,
+    ctl: CallCtl,
+}
+
+impl<P> Call<P> {
+    /// A call made outside any link, as [`Hooks::dispatch`] makes: it is
+    /// never cancelled. For tests of handlers.
+    pub fn detached(action: &str, peer: P) -> Self {
+        Call {
+            action: Arc::from(action),
+            peer,
+            ctl: CallCtl::Detached,
+        }
+    }
+
+    /// True for a notification (`note`): nobody waits for the result, which
+    /// is discarded; an error is only logged on this side. A notification
+    /// has no id and cannot be cancelled.
+    pub fn is_notification(&self) -> bool {
+        self.ctl.is_note()
+    }
+
+    /// True once the caller cancelled this request (it sent `cancel`). By
+    /// default a cancelled hook's future is dropped, so a hook only sees
+    /// this after [`Call::keep_running`], or in a task it spawned. Only
+    /// meaningful while the request is served: a `Call` kept after its
+    /// request ended reads `false`.
+    pub fn is_cancelled(&self) -> bool {
+        self.ctl.is_cancelled()
+    }
+
+    /// Resolves when the caller cancels this request; never, for a
+    /// notification, a call outside a link, or a request that has ended.
+    /// The future is `'static`: hand it to work the hook spawns, so that
+    /// work stops with the call.
+    ///
+    /// ```no_run
+    /// # use agent_protocol::{Hooks, HookError};
+    /// # let hooks: Hooks<()> = Hooks::new();
+    /// hooks.on_hook("tail", |path: String, call| async move {
+    ///     // Run until the caller gives up, then clean up and say so.
+    ///     call.keep_running();
+    ///     let stopped = call.cancelled();
+    ///     tokio::select! {
+    ///         _ = stopped => Ok::<_, HookError>(format!("stopped tailing {path}")),
+    ///         _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => Ok("done".into()),
+    ///     }
+    /// });
+    /// ```
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let token = self.ctl.token();
+        async move {
+            match token {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Opts this request out of being dropped by the caller's cancel: the
+    /// hook runs on, sees [`Call::is_cancelled`] turn true (and
+    /// [`Call::cancelled`] resolve), and its own result is the request's
+    /// answer. For work that must not stop half-way; it may still finish
+    /// early on its own. The request's timeout and the link's end still
+    /// drop it: work that must outlive the link belongs on a task of its
+    /// own. Call it before the point of no return; a cancel that came
+    /// earlier has dropped the hook already.
+    pub fn keep_running(&self) {
+        self.ctl.keep_running();
+    }
 }
 
 /// The result of one handler: `Ok(None)` is an empty result.
@@ -221,6 +296,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
     }
 
     /// Runs the chain for `action` and returns the response body or the error.
+    /// The handlers see a [`Call::detached`] call.
     pub async fn dispatch(
         &self,
         action: &str,
@@ -232,8 +308,20 @@ impl<P: Clone + Send + 'static> Hooks<P> {
 
     /// Starts the chain for `action`. The first handler reads the body at
     /// once, so a borrow is enough: with a single handler, the common case,
-    /// nothing of the request is copied.
+    /// nothing of the request is copied. The handlers see a
+    /// [`Call::detached`] call.
     pub fn start(&self, action: &str, body: &RawValue, peer: P) -> Dispatch {
+        self.start_with(action, body, peer, CallCtl::Detached)
+    }
+
+    /// [`Hooks::start`] for a link: the handlers' calls carry `ctl`.
+    pub(crate) fn start_with(
+        &self,
+        action: &str,
+        body: &RawValue,
+        peer: P,
+        ctl: CallCtl,
+    ) -> Dispatch {
         let (any, own, action) = {
             let reg = self.inner.read();
             let own = reg.by_action.get_key_value(action);
@@ -252,6 +340,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
                 let call = Call {
                     action: Arc::clone(&action),
                     peer,
+                    ctl,
                 };
                 match std::panic::catch_unwind(AssertUnwindSafe(|| (only.0)(body, call))) {
                     Ok(fut) => DispatchState::One { fut, action },
@@ -260,7 +349,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
             }
             _ => {
                 let body = body.to_owned();
-                DispatchState::Chain(Box::pin(chain(any, own, action, body, peer)))
+                DispatchState::Chain(Box::pin(chain(any, own, action, body, peer, ctl)))
             }
         };
         Dispatch { state }
@@ -275,12 +364,14 @@ async fn chain<P: Clone + Send + 'static>(
     action: Arc<str>,
     body: Box<RawValue>,
     peer: P,
+    ctl: CallCtl,
 ) -> Result<Box<RawValue>, HookError> {
     let mut last: Option<Box<RawValue>> = None;
     for h in any.iter().chain(own.iter()) {
         let call = Call {
             action: Arc::clone(&action),
             peer: peer.clone(),
+            ctl: ctl.clone(),
         };
         let fut = AssertUnwindSafe(|| (h.0)(&body, call));
         let outcome = match std::panic::catch_unwind(fut) {

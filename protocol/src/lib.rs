@@ -10,6 +10,8 @@
 //! * [`name`]: the `A####` name format and name syntax.
 //! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
 //! * [`hooks`]: the handler registry and its chain rules.
+//! * [`caps`]: the optional features each side announces in the handshake
+//!   (cancellation, notifications).
 //! * [`link`]: one authenticated connection: the driver task that owns the
 //!   socket both ways, the pending map that matches responses to requests,
 //!   the byte budget of what waits to be written, and the hook tasks tied to
@@ -23,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod close;
 pub mod codec;
 pub mod crypto;
@@ -38,12 +41,13 @@ pub mod store;
 pub mod time;
 pub mod transport;
 
+pub use caps::Caps;
 pub use close::CloseReason;
 pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
 pub use hooks::{handler, Call, Handler, Hooks};
-pub use link::{LinkConfig, LinkHandle, Role};
+pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
 pub use name::NameFormat;
 pub use store::{FileStore, MemoryStore, NameStore};
 

@@ -129,44 +129,59 @@ fn hook_error() -> impl Strategy<Value = HookError> {
     })
 }
 
+/// A `caps` member: known names, unknown ones, or none.
+fn caps() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(
+        prop_oneof![Just("cancel".to_owned()), Just("note".to_owned()), text()],
+        0..3,
+    )
+}
+
 /// A frame of any kind with arbitrary field values.
 fn any_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u32>(), hex(), any::<bool>()).prop_map(|(v, nonce, sign)| Frame::Hello(Hello {
-            v,
-            nonce,
-            sign
-        })),
+        (any::<u32>(), hex(), any::<bool>(), caps()).prop_map(|(v, nonce, sign, caps)| {
+            Frame::Hello(Hello {
+                v,
+                nonce,
+                sign,
+                caps,
+            })
+        }),
         (
             hex(),
             prop::option::of(text()),
             prop::option::of(hex()),
             prop::option::of(hex()),
             json_object(),
-            hex()
+            (hex(), caps())
         )
-            .prop_map(|(nonce, name, claim, bind, meta, proof)| Frame::Auth(Auth {
-                nonce,
-                name,
-                claim,
-                bind,
-                meta,
-                proof
-            })),
+            .prop_map(
+                |(nonce, name, claim, bind, meta, (proof, caps))| Frame::Auth(Auth {
+                    nonce,
+                    name,
+                    claim,
+                    bind,
+                    meta,
+                    proof,
+                    caps,
+                })
+            ),
         (
             text(),
             any::<bool>(),
             prop::option::of(hex()),
             hex(),
-            limits()
+            (limits(), caps())
         )
-            .prop_map(|(name, first_time, token, proof, limits)| {
+            .prop_map(|(name, first_time, token, proof, (limits, caps))| {
                 Frame::Welcome(Welcome {
                     name,
                     first_time,
                     token,
                     proof,
                     limits,
+                    caps,
                 })
             }),
         (text(), text(), prop::option::of(hex())).prop_map(|(code, message, proof)| {

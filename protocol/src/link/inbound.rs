@@ -1,7 +1,8 @@
 //! What the link does with each message it reads: verify signed frames,
 //! complete pending requests by id, serve incoming requests (refusing with
-//! `BUSY` past the in-flight limit), and turn every kind of bad input into a
-//! close with its documented code.
+//! `BUSY` past the in-flight limit) and notes (dropping them past it), act
+//! on cancels, and turn every kind of bad input into a close with its
+//! documented code.
 //!
 //! Everything here runs for a peer's input, at the peer's pace: text the
 //! peer chose is clipped before it reaches a log line or an error message,
@@ -15,6 +16,7 @@ use std::pin::Pin;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
+use super::serving::{CallCtl, Cancelled};
 use super::{Outbound, Shared};
 use crate::close::{self, CloseReason};
 use crate::codec;
@@ -38,6 +40,9 @@ pub(crate) const REASON_CLIP: usize = 200;
 
 static READ_ERRORS: LogLimit = LogLimit::per_second(5);
 static STRAY_FRAMES: LogLimit = LogLimit::per_second(5);
+static STRAY_CANCELS: LogLimit = LogLimit::per_second(5);
+static DROPPED_NOTES: LogLimit = LogLimit::per_second(5);
+static NOTE_ERRORS: LogLimit = LogLimit::per_second(5);
 
 pub(crate) fn read_error(shared: &Shared, e: WsError) {
     match e {
@@ -107,6 +112,14 @@ where
             complete(shared, id, Ok(body.to_owned()));
             return Ok(None);
         }
+        Some(CallRef::Note { action, body }) => {
+            serve_note(action, body, shared, hooks, peer);
+            return Ok(None);
+        }
+        Some(CallRef::Cancel { id }) => {
+            cancel(shared, id);
+            return Ok(None);
+        }
         None => {}
     }
     // Decode errors come clipped from the codec.
@@ -129,7 +142,15 @@ where
             hooks,
             peer,
         )),
-        Frame::Note(_) | Frame::Cancel(_) | Frame::Prog(_) => {
+        Frame::Note(n) => {
+            serve_note(&n.action, &n.body, shared, hooks, peer);
+            Ok(None)
+        }
+        Frame::Cancel(c) => {
+            cancel(shared, c.id);
+            Ok(None)
+        }
+        Frame::Prog(_) => {
             if let Some(suppressed) = STRAY_FRAMES.allow() {
                 tracing::debug!(kind = frame.kind(), suppressed, "reserved frame ignored");
             }
@@ -143,12 +164,30 @@ where
 }
 
 fn complete(shared: &Shared, id: RequestId, reply: Result<Box<RawValue>, Error>) {
-    if !shared.pending.complete(id, reply) {
+    // The `CANCELLED` answer to a call whose caller dropped it finds nobody,
+    // as it should: no log line for that.
+    let cancelled = matches!(&reply, Err(Error::Remote(e)) if e.code == codes::CANCELLED);
+    if !shared.pending.complete(id, reply) && !cancelled {
         if let Some(suppressed) = STRAY_FRAMES.allow() {
             tracing::debug!(
                 id,
                 suppressed,
                 "response nobody waits for (late or unknown id); dropped"
+            );
+        }
+    }
+}
+
+/// A `cancel {id}` from the peer: the hook task serving `id` stops and
+/// answers `CANCELLED`. A cancel for a request answered already, or never
+/// served, changes nothing (debug log, rate-limited, for the latter).
+fn cancel(shared: &Shared, id: RequestId) {
+    if shared.calls.cancel(id) == Cancelled::Unknown {
+        if let Some(suppressed) = STRAY_CANCELS.allow() {
+            tracing::debug!(
+                id,
+                suppressed,
+                "cancel for a request not being served (answered at once, or unknown); ignored"
             );
         }
     }
@@ -162,7 +201,9 @@ fn complete(shared: &Shared, id: RequestId, reply: Result<Box<RawValue>, Error>)
 /// when the link ends, it stops at the sooner of the peer's `timeout_ms`
 /// and [`LinkConfig::max_hook_time`](super::LinkConfig::max_hook_time),
 /// and it holds its serving permit until its answer is queued, so
-/// `max_in_flight` bounds answers waiting for room too.
+/// `max_in_flight` bounds answers waiting for room too. The peer's
+/// `cancel` drops it too, and it answers `CANCELLED` (unless the hook asked
+/// to keep running).
 fn serve<P>(
     id: RequestId,
     action: &str,
@@ -194,7 +235,8 @@ where
         return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
     let max_out = shared.max_out;
-    let mut work = hooks.start(action, body, peer.clone());
+    let ctl = shared.calls.first_poll(id);
+    let mut work = hooks.start_with(action, body, peer.clone(), ctl);
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
     // link or any other request.
@@ -202,10 +244,12 @@ where
     let mut cx = std::task::Context::from_waker(&waker);
     match Pin::new(&mut work).poll(&mut cx) {
         std::task::Poll::Ready(result) => {
+            shared.calls.first_done();
             drop(permit);
             Some(answer(id, &result, max_out))
         }
         std::task::Poll::Pending => {
+            let token = shared.calls.to_task(id);
             // Nobody waits past the caller's timeout, and nothing runs past
             // this side's own cap.
             let max = shared.config.max_hook_time;
@@ -215,13 +259,41 @@ where
             let span = tracing::debug_span!("hook", id);
             let task = async move {
                 let shared = &*owned;
+                // Leaves the table however the task ends.
+                let mut entry = Entry {
+                    shared,
+                    id,
+                    done: false,
+                };
                 let run = async move {
-                    let result = match tokio::time::timeout_at(deadline, work).await {
-                        Ok(result) => result,
-                        Err(_) => Err(HookError::new(
+                    let outcome = {
+                        let work = tokio::time::timeout_at(deadline, work);
+                        tokio::pin!(work);
+                        let mut watching = true;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                outcome = &mut work => break Some(outcome),
+                                _ = token.cancelled(), if watching => {
+                                    if shared.calls.keeps(id) {
+                                        // It sees the cancel, and runs on.
+                                        watching = false;
+                                    } else {
+                                        break None;
+                                    }
+                                }
+                            }
+                        }
+                        // A cancelled hook's future is dropped here.
+                    };
+                    entry.finish();
+                    let result = match outcome {
+                        Some(Ok(result)) => result,
+                        Some(Err(_)) => Err(HookError::new(
                             codes::TIMEOUT,
                             format!("hook did not finish within {} ms", limit.as_millis()),
                         )),
+                        None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
                     };
                     // Only the encoded answer waits for room.
                     let frame = answer(id, &result, max_out);
@@ -244,6 +316,116 @@ where
             shared.hook_tasks.spawn(task.instrument(span));
             None
         }
+    }
+}
+
+/// A hook task's place in the link's table of cancellable requests.
+struct Entry<'a> {
+    shared: &'a Shared,
+    id: RequestId,
+    done: bool,
+}
+
+impl Entry<'_> {
+    /// The outcome is decided: a cancel from now on is late.
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.shared.calls.finish(self.id);
+        }
+    }
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Serves one note: runs its hook and discards the result, logging an
+/// error (rate-limited). Past `max_in_flight` notes being served, or while
+/// the link drains, the note is dropped and counted.
+fn serve_note<P>(action: &str, body: &RawValue, shared: &Arc<Shared>, hooks: &Hooks<P>, peer: &P)
+where
+    P: Clone + Send + Sync + 'static,
+{
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Acquire);
+    let permit = match Arc::clone(&shared.notes).try_acquire_owned() {
+        Ok(permit) if !draining => permit,
+        _ => {
+            let dropped = shared
+                .dropped_notes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if let Some(suppressed) = DROPPED_NOTES.allow() {
+                tracing::debug!(
+                    action = %clip(action, crate::hooks::ACTION_CLIP),
+                    dropped,
+                    draining,
+                    suppressed,
+                    "note dropped: the link serves as many notes as it may, or drains"
+                );
+            }
+            return;
+        }
+    };
+    if !crate::name::is_valid_action(action) {
+        drop(permit);
+        note_failed(
+            action,
+            Some(HookError::invalid_message(crate::name::invalid_action(
+                action,
+            ))),
+        );
+        return;
+    }
+    let mut work = hooks.start_with(action, body, peer.clone(), CallCtl::Note);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    match Pin::new(&mut work).poll(&mut cx) {
+        std::task::Poll::Ready(result) => {
+            drop(permit);
+            note_failed(action, result.err());
+        }
+        std::task::Poll::Pending => {
+            let max = shared.config.max_hook_time;
+            let deadline = crate::time::deadline_in(max);
+            let action: Box<str> = clip(action, crate::hooks::ACTION_CLIP).into();
+            let owned = Arc::clone(shared);
+            let span = tracing::debug_span!("note");
+            let task = async move {
+                let run = async move {
+                    let failed = match tokio::time::timeout_at(deadline, work).await {
+                        Ok(result) => result.err(),
+                        Err(_) => Some(HookError::new(
+                            codes::TIMEOUT,
+                            format!("hook did not finish within {} ms", max.as_millis()),
+                        )),
+                    };
+                    drop(permit);
+                    note_failed(&action, failed);
+                };
+                let _ = owned.end.run_until_cancelled(run).await;
+            };
+            shared.hook_tasks.spawn(task.instrument(span));
+        }
+    }
+}
+
+/// Logs a note's error, the only place it goes: at debug level for what the
+/// peer caused (no such hook, a body of the wrong shape), as a warning for
+/// the hook's own errors.
+fn note_failed(action: &str, error: Option<HookError>) {
+    let Some(e) = error else { return };
+    let Some(suppressed) = NOTE_ERRORS.allow() else {
+        return;
+    };
+    let action = clip(action, crate::hooks::ACTION_CLIP);
+    let message = clip(&e.message, REASON_CLIP);
+    if e.code == codes::UNKNOWN_ACTION || e.code == codes::INVALID_MESSAGE {
+        tracing::debug!(%action, code = %e.code, %message, suppressed, "note not served");
+    } else {
+        tracing::warn!(%action, code = %e.code, %message, suppressed, "note hook failed");
     }
 }
 

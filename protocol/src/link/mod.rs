@@ -7,6 +7,8 @@
 //! socket ◄──────── writes, batched, one flush per round ◄── driver task (owns the socket)
 //! socket ─────────► reads ─┬─ res{id}  ─► pending.complete(id) ─► caller
 //!                          ├─ req      ─► hooks: answered inline, or on a task ─► queue
+//!                          ├─ note     ─► hooks, nothing answered (dropped past the bound)
+//!                          ├─ cancel   ─► serving.cancel(id): the hook task answers CANCELLED
 //!                          └─ close/err ─► pending fails every waiter; driver closes
 //! ```
 //!
@@ -21,12 +23,24 @@
 //! ([`LinkConfig::max_queued_bytes`]: past it the link stops reading and
 //! producers wait for room), and the life of a hook task (it ends with the
 //! link, and at [`LinkConfig::max_hook_time`] at the latest).
+//!
+//! Cancellation and notifications work the same both ways, with a peer
+//! that announced them (see [`Caps`]): a call whose future is dropped
+//! before its outcome sends `cancel {id}` (see [`CallHandle`] for an
+//! explicit cancel), the peer's hook sees it through
+//! [`Call::cancelled`](crate::Call::cancelled) and is dropped unless it
+//! [keeps running](crate::Call::keep_running), and every request still
+//! gets exactly one `res`, `CANCELLED` for one stopped this way.
+//! [`LinkHandle::notify`] sends a `note`: the peer runs the hook and
+//! answers nothing.
 
 mod budget;
 mod config;
 mod driver;
 mod inbound;
+mod outgoing;
 mod pending;
+pub(crate) mod serving;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +58,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::*;
+pub use outgoing::{CallHandle, Canceller};
 
+use crate::caps::Caps;
 use crate::close::CloseReason;
 use crate::codec;
 use crate::error::Error;
@@ -53,7 +69,9 @@ use crate::handshake::Session;
 use crate::hooks::Hooks;
 use crate::signed::{self, Signer, Verifier};
 use budget::Budget;
+use outgoing::CallGuard;
 use pending::Pending;
+use serving::Serving;
 
 /// Which end of the link this is; it picks the direction bytes of signed frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +109,15 @@ pub(crate) struct Shared {
     /// Largest frame this side sends, before any signed envelope: what the
     /// peer accepts, less room for the envelope when frames are signed.
     pub(crate) max_out: usize,
-    pending: Arc<Pending>,
+    /// What the peer agreed to in the handshake.
+    pub(crate) peer_caps: Caps,
+    pending: Pending,
+    /// The peer's requests served on hook tasks, for its cancels.
+    pub(crate) calls: Arc<Serving>,
+    /// Permits for the peer's notes being served.
+    pub(crate) notes: Arc<Semaphore>,
+    /// Notes of the peer dropped: past the bound, or while draining.
+    pub(crate) dropped_notes: AtomicU64,
     tx: mpsc::Sender<Outbound>,
     /// Set once, by whoever first asks the link to close; the driver sends it.
     pub(crate) close_request: parking_lot::Mutex<Option<(u16, String)>>,
@@ -182,6 +208,10 @@ impl LinkHandle {
     /// down. While the link's queue holds [`LinkConfig::max_queued_bytes`]
     /// (the peer reads slowly, or not at all), the request waits for room,
     /// within its timeout.
+    ///
+    /// Dropping the future before the outcome, or the timeout passing,
+    /// cancels the request at the peer when it supports that (see
+    /// [`CallHandle`]).
     pub async fn request(
         &self,
         action: &str,
@@ -189,34 +219,92 @@ impl LinkHandle {
         timeout: Duration,
     ) -> Result<Box<RawValue>, Error> {
         let raw = body.get().as_bytes();
-        self.exchange(action, timeout, |buf| {
-            buf.extend_from_slice(raw);
-            Ok(())
-        })
+        self.exchange(
+            action,
+            timeout,
+            |buf| {
+                buf.extend_from_slice(raw);
+                Ok(())
+            },
+            None,
+        )
         .await
     }
 
     /// Sends a request with a typed body and decodes the typed response.
     /// A body or response that does not (de)serialize gives `INVALID_MESSAGE`.
+    /// Dropping the future cancels the request, as for
+    /// [`LinkHandle::request`].
     pub async fn call<B, R>(&self, action: &str, body: &B, timeout: Duration) -> Result<R, Error>
     where
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
         let res = self
-            .exchange(action, timeout, |buf| serde_json::to_writer(buf, body))
+            .exchange(
+                action,
+                timeout,
+                |buf| serde_json::to_writer(buf, body),
+                None,
+            )
             .await?;
         serde_json::from_str(res.get())
             .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
     }
 
+    /// [`LinkHandle::call`], as a [`CallHandle`] that can also be cancelled
+    /// on purpose with [`CallHandle::cancel`]. The body is serialized now;
+    /// the request goes out when the handle is first polled.
+    ///
+    /// ```no_run
+    /// # async fn demo(link: agent_protocol::LinkHandle) {
+    /// use std::time::Duration;
+    /// let call = link.call_cancellable::<_, u64>("count", &(), Duration::from_secs(5));
+    /// call.cancel();
+    /// // Not sent yet: it ends at once.
+    /// assert_eq!(call.await.unwrap_err().code(), "CANCELLED");
+    /// # }
+    /// ```
+    pub fn call_cancellable<B, R>(&self, action: &str, body: &B, timeout: Duration) -> CallHandle<R>
+    where
+        B: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let body = serde_json::value::to_raw_value(body);
+        let link = self.clone();
+        let action = action.to_owned();
+        let cancel = token.clone();
+        CallHandle::new(token, async move {
+            let body = body.map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let raw = body.get().as_bytes();
+            let res = link
+                .exchange(
+                    &action,
+                    timeout,
+                    |buf| {
+                        buf.extend_from_slice(raw);
+                        Ok(())
+                    },
+                    Some(&cancel),
+                )
+                .await?;
+            serde_json::from_str(res.get())
+                .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
+        })
+    }
+
     /// Registers a request, writes its frame (the body serialized straight
-    /// into it) and waits for the outcome.
+    /// into it) and waits for the outcome, or for `cancel` when given.
     async fn exchange(
         &self,
         action: &str,
         timeout: Duration,
         write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+        cancel: Option<&CancellationToken>,
     ) -> Result<Box<RawValue>, Error> {
         if self.is_draining() {
             return Err(Error::Shutdown);
@@ -224,10 +312,11 @@ impl LinkHandle {
         if !crate::name::is_valid_action(action) {
             return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
         }
-        let (id, rx, mut guard) = self
+        let (id, mut rx) = self
             .shared
             .pending
             .register(self.shared.config.max_in_flight)?;
+        let mut guard = CallGuard::new(&self.shared, id);
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let text = codec::encode_req_with(id, action, Some(timeout_ms), write_body)
             .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
@@ -240,14 +329,43 @@ impl LinkHandle {
         }
         let exchange = async {
             let shared = &self.shared;
-            let Some(room) = shared.budget.reserve(text.len(), &shared.end).await else {
-                return Err(self.closed_error());
+            let queue = async {
+                let room = shared.budget.reserve(text.len(), &shared.end).await?;
+                shared.tx.send(Outbound::Text(text)).await.ok()?;
+                room.queued();
+                Some(())
             };
-            if shared.tx.send(Outbound::Text(text)).await.is_err() {
+            let queued = match cancel {
+                None => queue.await,
+                Some(cancel) => tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    queued = queue => queued,
+                },
+            };
+            if queued.is_none() {
                 return Err(self.closed_error());
             }
-            room.queued();
-            let reply = rx.await;
+            guard.sent();
+            let reply = match cancel {
+                None => (&mut rx).await,
+                Some(cancel) => tokio::select! {
+                    biased;
+                    reply = &mut rx => reply,
+                    _ = cancel.cancelled() => {
+                        if !guard.cancel_now() {
+                            return Err(Error::Cancelled);
+                        }
+                        // The peer answers with one terminal `res`.
+                        match (&mut rx).await {
+                            Ok(Err(Error::Remote(e))) if e.code == crate::codes::CANCELLED => {
+                                Ok(Err(Error::Cancelled))
+                            }
+                            other => other,
+                        }
+                    }
+                },
+            };
             guard.answered();
             match reply {
                 Ok(reply) => reply,
@@ -256,8 +374,85 @@ impl LinkHandle {
         };
         match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange).await {
             Ok(reply) => reply,
+            Err(_) if cancel.is_some_and(CancellationToken::is_cancelled) => Err(Error::Cancelled),
             Err(_) => Err(Error::Timeout(timeout)),
         }
+    }
+
+    /// Sends a notification: the peer runs its hook `action` with `body`
+    /// and answers nothing (its result is discarded there, an error only
+    /// logged). Returns once the `note` is queued, waiting for room while
+    /// the link's queue is full.
+    ///
+    /// Fails with `UNSUPPORTED` when the peer did not announce the `note`
+    /// capability (a peer written before notifications; nothing is sent),
+    /// `SHUTDOWN` while draining, `CONNECTION_CLOSED` when the link is
+    /// down, and `INVALID_MESSAGE` when `action` is not an action name, the
+    /// body does not serialize or the note is bigger than the peer accepts. Delivery is not confirmed: the
+    /// peer drops a note when it serves `max_in_flight` notes already (it
+    /// counts them, see [`LinkHandle::dropped_notes`]), or when the link
+    /// ends first.
+    ///
+    /// ```no_run
+    /// # async fn demo(link: agent_protocol::LinkHandle) -> Result<(), agent_protocol::Error> {
+    /// link.notify("progress", &serde_json::json!({"done": 50})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify<B>(&self, action: &str, body: &B) -> Result<(), Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.send_note(action, |buf| serde_json::to_writer(buf, body))
+            .await
+    }
+
+    /// [`LinkHandle::notify`] with a body that is JSON already.
+    pub async fn notify_raw(&self, action: &str, body: &RawValue) -> Result<(), Error> {
+        let raw = body.get().as_bytes();
+        self.send_note(action, |buf| {
+            buf.extend_from_slice(raw);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn send_note(
+        &self,
+        action: &str,
+        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), Error> {
+        let shared = &self.shared;
+        if self.is_draining() {
+            return Err(Error::Shutdown);
+        }
+        if !shared.peer_caps.contains(Caps::NOTE) {
+            return Err(Error::Unsupported(
+                "notifications: the peer did not announce the `note` capability".into(),
+            ));
+        }
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        if !crate::name::is_valid_action(action) {
+            return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
+        }
+        let text = codec::encode_note_with(action, write_body)
+            .map_err(|e| Error::InvalidMessage(format!("note body: {e}")))?;
+        if text.len() > shared.max_out {
+            return Err(Error::InvalidMessage(format!(
+                "note of {} bytes exceeds the message limit of {}",
+                text.len(),
+                shared.max_out
+            )));
+        }
+        let Some(room) = shared.budget.reserve(text.len(), &shared.end).await else {
+            return Err(self.closed_error());
+        };
+        if shared.tx.send(Outbound::Text(text)).await.is_err() {
+            return Err(self.closed_error());
+        }
+        room.queued();
+        Ok(())
     }
 
     fn closed_error(&self) -> Error {
@@ -372,10 +567,44 @@ impl LinkHandle {
     }
 
     /// Hook tasks of this link alive now: hooks that did not finish at once
-    /// and run on a task of their own, until they have answered or been
-    /// cancelled (when the link ends, or at [`LinkConfig::max_hook_time`]).
+    /// and run on a task of their own (for requests and notes alike), until
+    /// they have answered or been cancelled (by the peer, when the link
+    /// ends, or at [`LinkConfig::max_hook_time`]).
     pub fn running_hooks(&self) -> usize {
         self.shared.hook_tasks.len()
+    }
+
+    /// Notes from the peer this side is serving now (hooks of notes still
+    /// running); at most `max_in_flight`, counted apart from requests.
+    pub fn serving_notes(&self) -> usize {
+        self.shared
+            .config
+            .max_in_flight
+            .saturating_sub(self.shared.notes.available_permits())
+    }
+
+    /// Notes from the peer dropped unserved since the link started: those
+    /// that arrived while `max_in_flight` notes were being served already,
+    /// or while the link was draining. A note has no answer, so the peer
+    /// never learns of a drop; this count is the only trace (the drops are
+    /// also logged, rate-limited).
+    pub fn dropped_notes(&self) -> u64 {
+        self.shared.dropped_notes.load(Ordering::Relaxed)
+    }
+
+    /// Requests of the peer on hook tasks that a `cancel` can reach now:
+    /// the table the link keeps for cancels, which empties as those hooks
+    /// end. For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn cancellable_requests(&self) -> usize {
+        self.shared.calls.len()
+    }
+
+    /// The capabilities the peer agreed to in the handshake (none for a
+    /// peer that announced none): whether this side sends it `cancel` and
+    /// `note` frames.
+    pub fn peer_caps(&self) -> Caps {
+        self.shared.peer_caps
     }
 
     /// Bytes of frames waiting to be written to the peer, counted against
@@ -432,10 +661,14 @@ where
     };
     let shared = Arc::new(Shared {
         max_out,
+        peer_caps: session.map_or(Caps::NONE, |s| s.caps),
+        calls: Arc::new(Serving::default()),
+        notes: Arc::new(Semaphore::new(config.max_in_flight)),
+        dropped_notes: AtomicU64::new(0),
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
         config,
-        pending: Arc::new(Pending::default()),
+        pending: Pending::default(),
         tx,
         close_request: parking_lot::Mutex::new(None),
         close_token: CancellationToken::new(),

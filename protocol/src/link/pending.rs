@@ -2,11 +2,10 @@
 //!
 //! A request enters the map before its bytes go out; the reader completes it by
 //! id; when the link ends every waiter fails at once with the link's reason. A
-//! guard removes an entry whose caller timed out or went away, so a late
-//! response finds nothing and is dropped quietly.
+//! guard (in `outgoing`) removes an entry whose caller timed out or went
+//! away, so a late response finds nothing and is dropped quietly.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -33,11 +32,12 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Registers a new request, or refuses it: the link is closed, or `limit`
-    /// requests wait already.
+    /// requests wait already. The caller's [`CallGuard`](super::outgoing::CallGuard)
+    /// takes the entry out again if no outcome arrives.
     pub(crate) fn register(
-        self: &Arc<Self>,
+        &self,
         limit: usize,
-    ) -> Result<(RequestId, oneshot::Receiver<Reply>, PendingGuard), Error> {
+    ) -> Result<(RequestId, oneshot::Receiver<Reply>), Error> {
         let mut st = self.state.lock();
         if let Some(reason) = &st.closed {
             return Err(Error::ConnectionClosed(reason.clone()));
@@ -49,14 +49,7 @@ impl Pending {
         let id = st.next_id;
         let (tx, rx) = oneshot::channel();
         st.waiting.insert(id, tx);
-        Ok((
-            id,
-            rx,
-            PendingGuard {
-                pending: Some(Arc::clone(self)),
-                id,
-            },
-        ))
+        Ok((id, rx))
     }
 
     /// Completes request `id`; false when nobody waits for it (any more).
@@ -66,6 +59,12 @@ impl Pending {
             Some(tx) => tx.send(reply).is_ok(),
             None => false,
         }
+    }
+
+    /// Takes request `id` out of the map without an outcome (its caller
+    /// gave up); true when it was still there, so no outcome had arrived.
+    pub(crate) fn forget(&self, id: RequestId) -> bool {
+        self.state.lock().waiting.remove(&id).is_some()
     }
 
     /// Marks the link closed and fails every waiter with `reason`. Only the
@@ -90,27 +89,5 @@ impl Pending {
     /// How many requests wait.
     pub(crate) fn len(&self) -> usize {
         self.state.lock().waiting.len()
-    }
-}
-
-/// Removes its request from the map when dropped (timeout, caller gone).
-pub(crate) struct PendingGuard {
-    pending: Option<Arc<Pending>>,
-    id: RequestId,
-}
-
-impl PendingGuard {
-    /// The request has its outcome, so the map no longer holds it: whoever
-    /// sent the outcome took the entry out first.
-    pub(crate) fn answered(&mut self) {
-        self.pending = None;
-    }
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        if let Some(pending) = &self.pending {
-            pending.state.lock().waiting.remove(&self.id);
-        }
     }
 }
