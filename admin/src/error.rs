@@ -13,6 +13,7 @@
 //! | `BUSY` | 429 |
 //! | the agent's own error, with `"remote": true` | 502 |
 //! | `CONNECTION_CLOSED` (the agent left during the call) | 502 |
+//! | `UNSUPPORTED` (the agent does not take notifications) | 501 |
 //! | `SHUTDOWN` | 503 |
 //! | `TIMEOUT` | 504 |
 //! | `STORE`, `INTERNAL_ERROR` and anything else | 500 |
@@ -126,6 +127,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         codes::BUSY => StatusCode::TOO_MANY_REQUESTS,
         codes::CONNECTION_CLOSED => StatusCode::BAD_GATEWAY,
         codes::SHUTDOWN => StatusCode::SERVICE_UNAVAILABLE,
+        codes::UNSUPPORTED => StatusCode::NOT_IMPLEMENTED,
         codes::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

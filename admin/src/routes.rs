@@ -40,7 +40,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/agents/{name}/disconnect", post(disconnect))
         .route("/v1/agents/{name}/revoke", post(revoke))
         .route("/v1/agents/{name}/unrevoke", post(unrevoke))
+        .route("/v1/agents/{name}/notify/{action}", post(notify_agent))
         .route("/v1/call/{action}", post(call_many))
+        .route("/v1/notify/{action}", post(notify_many))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -311,6 +313,34 @@ async fn call_many(
     let mut results: Vec<Value> = calls.collect().await;
     results.sort_by(|a, b| a["agent"].as_str().cmp(&b["agent"].as_str()));
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+async fn notify_agent(
+    AxState(st): St,
+    Path((name, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(body, st.config.max_body_bytes)?;
+    let agent = connected(&st, &name)?;
+    agent.notify(&action, &*body).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn notify_many(
+    AxState(st): St,
+    Path(action): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body, st.config.max_body_bytes)?;
+    let sent = st.server.notify_all(&action, &*body).await?;
+    let results: Vec<Value> = sent
+        .into_iter()
+        .map(|(name, r)| match r {
+            Ok(()) => json!({ "agent": name, "sent": true }),
+            Err(e) => json!({ "agent": name, "error": ApiError::from(e).body() }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 #[derive(Deserialize, Default)]

@@ -406,3 +406,45 @@ async fn metrics_parse_as_prometheus_text_with_the_documented_series() {
         other => panic!("not a histogram: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn notifications_reach_one_agent_or_all() {
+    let f = fixture(&["a1", "a2"], config()).await;
+    let c = f.admin();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Value)>();
+    for (agent, name) in f.agents.iter().zip(["a1", "a2"]) {
+        let tx = tx.clone();
+        agent.on_hook("note", move |v: Value, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((name.to_owned(), v));
+                Ok::<_, HookError>(())
+            }
+        });
+    }
+    let (status, _) = post(&c, "/v1/agents/a2/notify/note", r#"{"n":1}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        within(rx.recv()).await,
+        Some(("a2".to_owned(), json!({"n": 1})))
+    );
+    let (status, body) = post(&c, "/v1/notify/note", "2").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"results": [{"agent": "a1", "sent": true}, {"agent": "a2", "sent": true}]})
+    );
+    let mut got = vec![
+        within(rx.recv()).await.unwrap(),
+        within(rx.recv()).await.unwrap(),
+    ];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [("a1".to_owned(), json!(2)), ("a2".to_owned(), json!(2))]
+    );
+    let (status, body) = post(&c, "/v1/agents/zz/notify/note", "1").await;
+    assert_eq!((status, code(&body)), (404, "UNKNOWN_AGENT"));
+    let ro = f.client(Some(READ_TOKEN));
+    assert_eq!(post(&ro, "/v1/notify/note", "1").await.0, 403);
+}
