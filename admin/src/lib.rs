@@ -95,7 +95,6 @@ impl AdminConfig {
 pub(crate) struct State {
     pub(crate) server: AgentServer,
     pub(crate) config: AdminConfig,
-    pub(crate) calls: metrics::CallMetrics,
     pub(crate) started: std::time::Instant,
 }
 
@@ -105,7 +104,6 @@ pub fn router(server: AgentServer, config: AdminConfig) -> axum::Router {
     routes::router(Arc::new(State {
         server,
         config,
-        calls: metrics::CallMetrics::default(),
         started: std::time::Instant::now(),
     }))
 }

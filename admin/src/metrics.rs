@@ -1,6 +1,6 @@
 //! `/metrics`: the server's counts in the Prometheus text format (0.0.4),
-//! rendered from [`AgentServer::stats`] at each scrape, plus the calls made
-//! through this API.
+//! rendered at each scrape from [`AgentServer::stats`] and
+//! [`AgentServer::counters`].
 //!
 //! Series (no per-agent labels, so their number stays fixed whatever the
 //! fleet's size):
@@ -16,58 +16,15 @@
 //! | `agent_tunnel_running_hooks` | gauge | hook tasks alive |
 //! | `agent_tunnel_queued_bytes` | gauge | bytes waiting to be written to agents |
 //! | `agent_tunnel_handshake_failures_total{code}` | counter | failed handshakes by code |
-//! | `agent_tunnel_api_calls_total{code}` | counter | calls to agents through this API, by outcome (`OK` or the error code) |
-//! | `agent_tunnel_api_call_seconds` | histogram | their latency |
+//! | `agent_tunnel_links_opened_total` | counter | handshakes that succeeded |
+//! | `agent_tunnel_bytes_total{direction}` | counter | bytes read (`in`) and written (`out`) |
+//! | `agent_tunnel_calls_total{direction,code}` | counter | calls to agents (`out`) and from agents (`in`) by outcome (`OK` or the error code; at most 64 codes per direction, then `OTHER`) |
+//! | `agent_tunnel_call_seconds` | histogram | latency of calls to agents, buckets [`CALL_LATENCY_BUCKETS`] |
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::time::Duration;
 
+use agent_protocol::link::CALL_LATENCY_BUCKETS;
 use agent_server::AgentServer;
-use parking_lot::Mutex;
-
-/// Upper bounds of the latency histogram's buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-];
-
-/// Codes kept apart in `agent_tunnel_api_calls_total`; an agent's own codes
-/// beyond this many distinct ones count as `OTHER`, so an agent cannot grow
-/// the series without bound.
-const MAX_CODES: usize = 64;
-
-#[derive(Default)]
-struct Counts {
-    by_code: BTreeMap<String, u64>,
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-/// Calls made through the API: outcome codes and latency.
-#[derive(Default)]
-pub(crate) struct CallMetrics(Mutex<Counts>);
-
-impl CallMetrics {
-    /// Records one call's outcome (`OK` or an error code) and duration.
-    pub(crate) fn record(&self, code: &str, took: Duration) {
-        let secs = took.as_secs_f64();
-        let mut c = self.0.lock();
-        let key = if c.by_code.contains_key(code) || c.by_code.len() < MAX_CODES {
-            code
-        } else {
-            "OTHER"
-        };
-        *c.by_code.entry(key.to_owned()).or_default() += 1;
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(c.buckets.iter_mut()) {
-            if secs <= *bound {
-                *n += 1;
-            }
-        }
-        c.count += 1;
-        c.sum += secs;
-    }
-}
 
 fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
     let _ = writeln!(
@@ -85,7 +42,7 @@ fn label(value: &str) -> String {
 }
 
 /// The Prometheus text of `server`'s counts and the API's calls.
-pub(crate) fn render(server: &AgentServer, calls: &CallMetrics) -> String {
+pub(crate) fn render(server: &AgentServer) -> String {
     let s = server.stats();
     let mut out = String::with_capacity(2048);
     gauge(
@@ -144,25 +101,44 @@ pub(crate) fn render(server: &AgentServer, calls: &CallMetrics) -> String {
     for (code, n) in server.handshake_failure_counts() {
         let _ = writeln!(out, "{name}{{code=\"{}\"}} {n}", label(code));
     }
-    let c = calls.0.lock();
-    let name = "agent_tunnel_api_calls_total";
+    let c = server.counters();
+    let name = "agent_tunnel_links_opened_total";
     let _ = writeln!(
         out,
-        "# HELP {name} Calls to agents through the HTTP API by outcome.\n# TYPE {name} counter"
+        "# HELP {name} Handshakes that succeeded.\n# TYPE {name} counter\n{name} {}",
+        c.links_opened
     );
-    for (code, n) in &c.by_code {
-        let _ = writeln!(out, "{name}{{code=\"{}\"}} {n}", label(code));
+    let name = "agent_tunnel_bytes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Bytes of frames read (in) and written (out).\n# TYPE {name} counter"
+    );
+    let _ = writeln!(out, "{name}{{direction=\"in\"}} {}", c.bytes_in);
+    let _ = writeln!(out, "{name}{{direction=\"out\"}} {}", c.bytes_out);
+    let name = "agent_tunnel_calls_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Calls to agents (out) and from agents (in) by outcome.\n# TYPE {name} counter"
+    );
+    for (direction, calls) in [("out", &c.calls_out), ("in", &c.calls_in)] {
+        for (code, n) in calls {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{direction}\",code=\"{}\"}} {n}",
+                label(code)
+            );
+        }
     }
-    let name = "agent_tunnel_api_call_seconds";
+    let name = "agent_tunnel_call_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Latency of calls to agents through the HTTP API.\n# TYPE {name} histogram"
+        "# HELP {name} Latency of calls to agents.\n# TYPE {name} histogram"
     );
-    for (bound, n) in LATENCY_BUCKETS.iter().zip(c.buckets.iter()) {
+    for (bound, n) in CALL_LATENCY_BUCKETS.iter().zip(&c.call_latency_buckets) {
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", c.count);
-    let _ = writeln!(out, "{name}_sum {}", c.sum);
-    let _ = writeln!(out, "{name}_count {}", c.count);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", c.call_latency_count);
+    let _ = writeln!(out, "{name}_sum {}", c.call_latency_sum);
+    let _ = writeln!(out, "{name}_count {}", c.call_latency_count);
     out
 }

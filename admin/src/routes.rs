@@ -1,7 +1,7 @@
 //! The handlers, one per route; see the table in the crate's README section.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use agent_protocol::Error;
 use agent_server::Agent;
@@ -87,6 +87,7 @@ async fn info(AxState(st): St) -> Json<Value> {
 
 async fn stats(AxState(st): St) -> Json<Value> {
     let s = st.server.stats();
+    let c = st.server.counters();
     Json(json!({
         "agents": s.agents,
         "reserved_names": s.reserved_names,
@@ -97,6 +98,11 @@ async fn stats(AxState(st): St) -> Json<Value> {
         "running_hooks": s.running_hooks,
         "queued_bytes": s.queued_bytes,
         "handshake_failures": st.server.handshake_failure_counts(),
+        "links_opened": c.links_opened,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "calls_out": c.calls_out,
+        "calls_in": c.calls_in,
     }))
 }
 
@@ -106,7 +112,7 @@ async fn metrics(AxState(st): St) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&st.server, &st.calls),
+        crate::metrics::render(&st.server),
     )
         .into_response()
 }
@@ -215,29 +221,21 @@ fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Box<Ra
         .map_err(|e| Error::InvalidMessage(format!("request body: {e}")).into())
 }
 
-/// Calls `agent`, recording the outcome in the API's metrics.
+/// Calls `agent` with the server's default timeout or `timeout`.
 async fn call_one(
-    st: &State,
     agent: &Agent,
     action: &str,
     body: &RawValue,
     timeout: Option<Duration>,
 ) -> Result<Box<RawValue>, Error> {
-    let started = Instant::now();
-    let result = match timeout {
+    match timeout {
         Some(t) => {
             agent
                 .send_timeout::<_, Box<RawValue>>(action, body, t)
                 .await
         }
         None => agent.send::<_, Box<RawValue>>(action, body).await,
-    };
-    let code = match &result {
-        Ok(_) => "OK",
-        Err(e) => e.code(),
-    };
-    st.calls.record(code, started.elapsed());
-    result
+    }
 }
 
 async fn call_agent(
@@ -250,7 +248,7 @@ async fn call_agent(
     let body = json_body(body, st.config.max_body_bytes)?;
     let agent = connected(&st, &name)?;
     let timeout = params.timeout_ms.map(Duration::from_millis);
-    let result = call_one(&st, &agent, &action, &body, timeout).await?;
+    let result = call_one(&agent, &action, &body, timeout).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         result.get().to_owned(),
@@ -290,9 +288,9 @@ async fn call_many(
     let calls: FuturesUnordered<_> = agents
         .into_iter()
         .map(|agent| {
-            let (st, body, action) = (Arc::clone(&st), Arc::clone(&body), action.clone());
+            let (body, action) = (Arc::clone(&body), action.clone());
             async move {
-                let result = call_one(&st, &agent, &action, &body, timeout).await;
+                let result = call_one(&agent, &action, &body, timeout).await;
                 result_json(agent.name(), result)
             }
         })

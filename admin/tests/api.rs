@@ -388,18 +388,20 @@ async fn metrics_parse_as_prometheus_text_with_the_documented_series() {
         ),
         1.0
     );
-    assert_eq!(value("agent_tunnel_api_calls_total", Some("OK")), 2.0);
-    assert_eq!(value("agent_tunnel_api_calls_total", Some("NOPE")), 1.0);
+    assert_eq!(value("agent_tunnel_links_opened_total", None), 2.0);
+    assert_eq!(value("agent_tunnel_calls_total", Some("OK")), 2.0);
+    assert_eq!(value("agent_tunnel_calls_total", Some("NOPE")), 1.0);
+    assert!(value("agent_tunnel_bytes_total", None) > 0.0);
     let hist = scrape
         .samples
         .iter()
-        .find(|s| s.metric == "agent_tunnel_api_call_seconds")
+        .find(|s| s.metric == "agent_tunnel_call_seconds")
         .expect("the latency histogram");
     match &hist.value {
         prometheus_parse::Value::Histogram(buckets) => {
             assert_eq!(
                 buckets.len(),
-                agent_tunnel_admin::metrics::LATENCY_BUCKETS.len() + 1
+                agent_protocol::link::CALL_LATENCY_BUCKETS.len() + 1
             );
             assert_eq!(buckets.last().map(|b| b.count), Some(3.0));
         }

@@ -54,6 +54,8 @@ struct Inner {
     stop: CancellationToken,
     /// Cancelled when the supervisor has finished.
     done: CancellationToken,
+    /// Calls and bytes over every link this client has had.
+    counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -188,6 +190,7 @@ impl AgentClient {
             default_timeout: b.default_timeout,
             stop: stop.clone(),
             done: CancellationToken::new(),
+            counters: Arc::default(),
         });
         let settings = Settings {
             endpoint,
@@ -331,6 +334,19 @@ impl AgentClient {
         }
     }
 
+    /// Calls either way, bytes and links over every link this client has
+    /// had since it started: see [`Counters`](agent_protocol::link::Counters).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let c = client.counters();
+    /// println!("{} calls answered OK, {} bytes read", c.calls_in.get("OK").unwrap_or(&0), c.bytes_in);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
+    }
+
     /// Calls this client sent on its current link that still wait for a
     /// response (0 without a link).
     pub fn pending_requests(&self) -> usize {
@@ -447,13 +463,14 @@ async fn attempt(
     // request fails alone instead of closing the link.
     config.peer_max_message_bytes =
         Some(usize::try_from(est.limits.max_message_bytes).unwrap_or(usize::MAX));
-    let (_link, server) = link::spawn(
+    let (_link, server) = link::spawn_counted(
         ws,
         Role::Agent,
         config,
         Some(&est.session),
         inner.hooks.clone(),
         None,
+        Arc::clone(&inner.counters),
         |link| ServerHandle::new(&name, link, timeout),
     );
     Ok((server, est.name, est.first_time))

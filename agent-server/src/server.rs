@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     handshakes: Arc<Handshakes>,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Calls, bytes and links over every link, the gone ones included.
+    pub(crate) counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -244,6 +246,7 @@ impl AgentServer {
             probe_timeout: b.probe_timeout,
             handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
+            counters: Arc::default(),
         });
         let span = tracing::info_span!("agent_server", addr = %local_addr);
         // Tracked, so shutdown returns only once the port is released.
@@ -644,6 +647,22 @@ impl AgentServer {
             running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
             queued_bytes: live.iter().map(|a| a.link().queued_bytes()).sum(),
         }
+    }
+
+    /// Totals since the server started, over every link (the gone ones
+    /// included): calls either way by outcome code, call latency, bytes
+    /// read and written, and links opened (handshakes that succeeded; the
+    /// failed ones are [`AgentServer::handshake_failure_counts`]).
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) {
+    /// let c = server.counters();
+    /// let timeouts = c.calls_out.get("TIMEOUT").copied().unwrap_or(0);
+    /// println!("{} agents connected so far, {timeouts} calls timed out", c.links_opened);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
     }
 
     /// True once shutdown has begun.

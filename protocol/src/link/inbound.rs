@@ -16,6 +16,7 @@ use std::pin::Pin;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
+use super::counters::{self, Counters, Direction};
 use super::serving::{CallCtl, Cancelled};
 use super::{Outbound, Shared};
 use crate::close::{self, CloseReason};
@@ -218,10 +219,12 @@ where
 {
     if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
         let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
+        shared.counters.call(Direction::In, codes::SHUTDOWN);
         return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
     }
     if !crate::name::is_valid_action(action) {
         let invalid = HookError::invalid_message(crate::name::invalid_action(action));
+        shared.counters.call(Direction::In, codes::INVALID_MESSAGE);
         return Some(Outbound::Text(codec::encode_res(id, Err(&invalid))));
     }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
@@ -232,6 +235,7 @@ where
                 shared.config.max_in_flight
             ),
         );
+        shared.counters.call(Direction::In, codes::BUSY);
         return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
     let max_out = shared.max_out;
@@ -246,7 +250,7 @@ where
         std::task::Poll::Ready(result) => {
             shared.calls.first_done();
             drop(permit);
-            Some(answer(id, &result, max_out))
+            Some(answer(id, &result, max_out, &shared.counters))
         }
         std::task::Poll::Pending => {
             let token = shared.calls.to_task(id);
@@ -296,7 +300,7 @@ where
                         None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
                     };
                     // Only the encoded answer waits for room.
-                    let frame = answer(id, &result, max_out);
+                    let frame = answer(id, &result, max_out, &shared.counters);
                     drop(result);
                     // Wait for room rather than grow the queue; give up only
                     // when the link ends (and then the answer has nowhere to go).
@@ -431,7 +435,18 @@ fn note_failed(action: &str, error: Option<HookError>) {
 
 /// The `res` frame for a hook's result; `INVALID_MESSAGE` instead when it
 /// would be bigger than the peer accepts.
-fn answer(id: RequestId, result: &Result<Box<RawValue>, HookError>, max_out: usize) -> Outbound {
+fn answer(
+    id: RequestId,
+    result: &Result<Box<RawValue>, HookError>,
+    max_out: usize,
+    counters: &Counters,
+) -> Outbound {
+    counters.call(
+        Direction::In,
+        result
+            .as_ref()
+            .map_or_else(|e| e.code.as_str(), |_| counters::OK),
+    );
     let text = codec::encode_res(id, result.as_deref());
     if text.len() > max_out {
         let too_big = HookError::invalid_message(format!(
