@@ -13,7 +13,7 @@ use agent_server::{AgentServer, ServerBuilder};
 use serde::Deserialize;
 
 /// The commented example `agent-tunnel config example` prints.
-pub const EXAMPLE: &str = include_str!("example.toml");
+pub const EXAMPLE: &str = include_str!("../example.toml");
 
 /// Where a secret comes from: exactly one of a file or a variable.
 #[derive(Debug, Deserialize, Default)]

@@ -261,11 +261,12 @@ fn config_check_and_example() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "agent-tunnel.toml", &stdout(&example));
     write(dir.path(), "secret.txt", "s3cret");
-    write(dir.path(), "admin-token.txt", "t0ken");
     let check = |file: &str| {
         Command::new(BIN)
             .args(["config", "check"])
             .arg(dir.path().join(file))
+            .env("AGENT_TUNNEL_SECRET", "s3cret")
+            .env("AGENT_TUNNEL_ADMIN_TOKEN", "t0ken")
             .output()
             .unwrap()
     };
