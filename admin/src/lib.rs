@@ -6,7 +6,8 @@
 //! server, or run it with [`serve`]. The `agent-tunnel` binary does the
 //! latter. Layout: [`auth`] (bearer tokens), [`error`] (JSON errors and
 //! their HTTP statuses), `routes` (the handlers), [`metrics`] (Prometheus
-//! text), [`client`] (a small client for this API, used by the binary).
+//! text), `openapi` (the description at `/v1/openapi.json`), [`client`]
+//! (a small client for this API, used by the binary).
 //!
 //! Every route but `/healthz` and `/readyz` requires
 //! `Authorization: Bearer <token>`; a read-only token may use `GET` routes
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod metrics;
+mod openapi;
 mod routes;
 
 use std::future::Future;

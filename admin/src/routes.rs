@@ -18,6 +18,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
+#[allow(unused_imports)] // Named by the path annotations only.
+use crate::openapi::{AgentPage, AgentView, Results};
 use crate::State;
 
 type St = AxState<Arc<State>>;
@@ -34,6 +37,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(show_agent))
         .route("/v1/agents/{name}/call/{action}", post(call_agent))
@@ -60,11 +64,19 @@ async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
-async fn healthz() -> Json<Value> {
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "This description", body = Value), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    Json(crate::openapi::ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "The process is up", body = Value)))]
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(AxState(st): St) -> Response {
+#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, description = "Serving", body = Value), (status = 503, description = "Shutting down", body = Value)))]
+pub(crate) async fn readyz(AxState(st): St) -> Response {
     if st.server.is_stopped() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -76,7 +88,8 @@ async fn readyz(AxState(st): St) -> Response {
     }
 }
 
-async fn info(AxState(st): St) -> Json<Value> {
+#[utoipa::path(get, path = "/v1/info", responses((status = 200, description = "Version, listen address, uptime", body = Value), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn info(AxState(st): St) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "listen": st.server.local_addr().to_string(),
@@ -85,7 +98,8 @@ async fn info(AxState(st): St) -> Json<Value> {
     }))
 }
 
-async fn stats(AxState(st): St) -> Json<Value> {
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "Counts and totals", body = Value), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn stats(AxState(st): St) -> Json<Value> {
     let s = st.server.stats();
     let c = st.server.counters();
     Json(json!({
@@ -106,7 +120,8 @@ async fn stats(AxState(st): St) -> Json<Value> {
     }))
 }
 
-async fn metrics(AxState(st): St) -> Response {
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn metrics(AxState(st): St) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -137,7 +152,7 @@ pub(crate) fn agent_json(a: &Agent) -> Value {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Page {
+pub(crate) struct Page {
     /// Agents per page (default and maximum [`MAX_PAGE`]).
     limit: Option<usize>,
     /// List the names after this one (the `next` of the previous page).
@@ -149,7 +164,8 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-async fn list_agents(
+#[utoipa::path(get, path = "/v1/agents", params(("limit" = Option<usize>, Query, description = "Agents per page, 1 to 1000 (default 1000)"), ("after" = Option<String>, Query, description = "List the names after this one")), responses((status = 200, body = AgentPage), (status = 400, description = "BAD_REQUEST", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn list_agents(
     AxState(st): St,
     q: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -193,14 +209,18 @@ fn connected(st: &State, name: &str) -> Result<Agent, ApiError> {
     .into())
 }
 
-async fn show_agent(AxState(st): St, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/agents/{name}", params(("name" = String, Path)), responses((status = 200, body = AgentView), (status = 404, description = "UNKNOWN_AGENT", body = ErrorBody), (status = 409, description = "AGENT_NOT_CONNECTED", body = ErrorBody), (status = 410, description = "REVOKED", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn show_agent(
+    AxState(st): St,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let agent = connected(&st, &name)?;
     Ok(Json(agent_json(&agent)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CallParams {
+pub(crate) struct CallParams {
     /// Milliseconds to wait for each agent (default: the server's).
     timeout_ms: Option<u64>,
 }
@@ -238,7 +258,8 @@ async fn call_one(
     }
 }
 
-async fn call_agent(
+#[utoipa::path(post, path = "/v1/agents/{name}/call/{action}", params(("name" = String, Path), ("action" = String, Path), ("timeout_ms" = Option<u64>, Query, description = "Milliseconds to wait (default: the server's)")), request_body(content = Value, description = "Any JSON; empty is null"), responses((status = 200, description = "The agent's result", body = Value), (status = 400, description = "INVALID_MESSAGE, BAD_REQUEST", body = ErrorBody), (status = 404, description = "UNKNOWN_AGENT", body = ErrorBody), (status = 409, description = "AGENT_NOT_CONNECTED", body = ErrorBody), (status = 410, description = "REVOKED", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 429, description = "BUSY", body = ErrorBody), (status = 502, description = "The agent's own error, or CONNECTION_CLOSED", body = ErrorBody), (status = 503, description = "SHUTDOWN", body = ErrorBody), (status = 504, description = "TIMEOUT", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn call_agent(
     AxState(st): St,
     Path((name, action)): Path<(String, String)>,
     q: Result<Query<CallParams>, QueryRejection>,
@@ -268,7 +289,8 @@ fn result_json(name: &str, result: Result<Box<RawValue>, Error>) -> Value {
     }
 }
 
-async fn call_many(
+#[utoipa::path(post, path = "/v1/call/{action}", params(("action" = String, Path), ("timeout_ms" = Option<u64>, Query)), request_body(content = Value), responses((status = 200, description = "Per-agent results; with Accept: application/x-ndjson one AgentResult per line as each answers", body = Results), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn call_many(
     AxState(st): St,
     Path(action): Path<String>,
     q: Result<Query<CallParams>, QueryRejection>,
@@ -313,7 +335,8 @@ async fn call_many(
     Ok(Json(json!({ "results": results })).into_response())
 }
 
-async fn notify_agent(
+#[utoipa::path(post, path = "/v1/agents/{name}/notify/{action}", params(("name" = String, Path), ("action" = String, Path)), request_body(content = Value), responses((status = 202, description = "Queued"), (status = 404, description = "UNKNOWN_AGENT", body = ErrorBody), (status = 501, description = "UNSUPPORTED", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn notify_agent(
     AxState(st): St,
     Path((name, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
@@ -324,7 +347,8 @@ async fn notify_agent(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn notify_many(
+#[utoipa::path(post, path = "/v1/notify/{action}", params(("action" = String, Path)), request_body(content = Value), responses((status = 200, body = Results), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn notify_many(
     AxState(st): St,
     Path(action): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -359,7 +383,8 @@ fn reason(
         .unwrap_or_else(|| default.to_owned()))
 }
 
-async fn disconnect(
+#[utoipa::path(post, path = "/v1/agents/{name}/disconnect", params(("name" = String, Path)), request_body(content = Value, description = "Optional {\"reason\": \"...\"}"), responses((status = 204, description = "Disconnected"), (status = 404, description = "UNKNOWN_AGENT", body = ErrorBody), (status = 409, description = "AGENT_NOT_CONNECTED", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn disconnect(
     AxState(st): St,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -374,7 +399,8 @@ async fn disconnect(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn revoke(
+#[utoipa::path(post, path = "/v1/agents/{name}/revoke", params(("name" = String, Path)), request_body(content = Value, description = "Optional {\"reason\": \"...\"}"), responses((status = 204, description = "Revoked"), (status = 500, description = "STORE", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn revoke(
     AxState(st): St,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -385,7 +411,11 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unrevoke(AxState(st): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+#[utoipa::path(post, path = "/v1/agents/{name}/unrevoke", params(("name" = String, Path)), responses((status = 204, description = "Unrevoked"), (status = 500, description = "STORE", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+pub(crate) async fn unrevoke(
+    AxState(st): St,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     st.server.unrevoke(&name).await?;
     tracing::info!(agent = %name, "agent unrevoked through the admin API");
     Ok(StatusCode::NO_CONTENT)

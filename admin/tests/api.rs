@@ -450,3 +450,40 @@ async fn notifications_reach_one_agent_or_all() {
     let ro = f.client(Some(READ_TOKEN));
     assert_eq!(post(&ro, "/v1/notify/note", "1").await.0, 403);
 }
+
+#[tokio::test]
+async fn the_openapi_description_lists_every_route() {
+    let f = fixture(&[], config()).await;
+    let (status, doc) = get(&f.admin(), "/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/v1/info", "get"),
+        ("/v1/stats", "get"),
+        ("/v1/agents", "get"),
+        ("/v1/agents/{name}", "get"),
+        ("/v1/agents/{name}/call/{action}", "post"),
+        ("/v1/agents/{name}/notify/{action}", "post"),
+        ("/v1/agents/{name}/disconnect", "post"),
+        ("/v1/agents/{name}/revoke", "post"),
+        ("/v1/agents/{name}/unrevoke", "post"),
+        ("/v1/call/{action}", "post"),
+        ("/v1/notify/{action}", "post"),
+        ("/v1/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // It is behind the token like the rest.
+    assert_eq!(get(&f.client(None), "/v1/openapi.json").await.0, 401);
+}
