@@ -206,3 +206,81 @@ mod tests {
         assert_eq!(s.call_latency_buckets[CALL_LATENCY_BUCKETS.len() - 1], 1);
     }
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod facade_tests {
+    use super::*;
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::sync::Arc;
+
+    /// Sums what each counter key received, and counts histogram samples.
+    #[derive(Default)]
+    struct Sums(parking_lot::Mutex<BTreeMap<String, f64>>);
+
+    struct Entry(Arc<Sums>, String);
+
+    impl metrics::CounterFn for Entry {
+        fn increment(&self, n: u64) {
+            *self.0 .0.lock().entry(self.1.clone()).or_default() += n as f64;
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl metrics::HistogramFn for Entry {
+        fn record(&self, _: f64) {
+            *self.0 .0.lock().entry(self.1.clone()).or_default() += 1.0;
+        }
+    }
+
+    struct Rec(Arc<Sums>);
+
+    fn name(key: &Key) -> String {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Rec {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Entry(Arc::clone(&self.0), name(key))))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Entry(Arc::clone(&self.0), name(key))))
+        }
+    }
+
+    #[test]
+    fn the_facade_sees_the_same_events() {
+        let sums = Arc::new(Sums::default());
+        let rec = Rec(Arc::clone(&sums));
+        metrics::with_local_recorder(&rec, || {
+            let c = Counters::default();
+            c.call_out(&Ok::<_, crate::Error>(()), Duration::from_millis(1));
+            c.call(Direction::In, "BUSY");
+            c.read(10);
+            c.wrote(7);
+            c.opened();
+        });
+        let sums = sums.0.lock();
+        assert_eq!(sums["agent_tunnel_calls_total{code=OK,direction=out}"], 1.0);
+        assert_eq!(
+            sums["agent_tunnel_calls_total{code=BUSY,direction=in}"],
+            1.0
+        );
+        assert_eq!(sums["agent_tunnel_bytes_total{direction=in}"], 10.0);
+        assert_eq!(sums["agent_tunnel_bytes_total{direction=out}"], 7.0);
+        assert_eq!(sums["agent_tunnel_links_opened_total{}"], 1.0);
+        assert_eq!(sums["agent_tunnel_call_seconds{}"], 1.0);
+    }
+}
