@@ -219,11 +219,25 @@ pub async fn call(api: &ApiArgs, all: bool, timeout_ms: Option<u64>, args: &[Str
         );
         return exit::API_ERROR;
     }
-    // A terminal gets one readable line per agent and a running count on
+    // A terminal gets one readable line per agent and a progress bar on
     // stderr; a pipe gets the JSON lines as they come.
     let tty = std::io::stdout().is_terminal();
-    let progress = std::io::stderr().is_terminal();
-    let (mut done, mut failed) = (0usize, 0usize);
+    let bar = if std::io::stderr().is_terminal() {
+        // The total is the count just before the call: only a guide.
+        let total = match request(api, M::GET, "/v1/stats", None).await {
+            Ok(r) => r.json()["agents"].as_u64().unwrap_or(0),
+            Err(_) => 0,
+        };
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} answered {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let (mut done, mut failed) = (0u64, 0u64);
     loop {
         match lines.next_line().await {
             Ok(Some(line)) if line.is_empty() => {}
@@ -233,22 +247,31 @@ pub async fn call(api: &ApiArgs, all: bool, timeout_ms: Option<u64>, args: &[Str
                 if v.get("error").is_some() {
                     failed += 1;
                 }
-                if tty {
+                let text = if tty {
                     let name = v["agent"].as_str().unwrap_or("?");
                     match v.get("ok") {
-                        Some(ok) => println!("{name}: {ok}"),
-                        None => println!(
+                        Some(ok) => format!("{name}: {ok}"),
+                        None => format!(
                             "{name}: error {}: {}",
                             v["error"]["code"].as_str().unwrap_or(""),
                             v["error"]["message"].as_str().unwrap_or("")
                         ),
                     }
                 } else {
-                    println!("{line}");
-                }
-                if progress {
-                    eprint!("\r{done} answered, {failed} failed");
-                    let _ = std::io::stderr().flush();
+                    line
+                };
+                match &bar {
+                    Some(bar) => {
+                        bar.suspend(|| println!("{text}"));
+                        if done > bar.length().unwrap_or(0) {
+                            bar.set_length(done);
+                        }
+                        bar.set_position(done);
+                        if failed > 0 {
+                            bar.set_message(format!("({failed} failed)"));
+                        }
+                    }
+                    None => println!("{text}"),
                 }
             }
             Ok(None) => break,
@@ -258,9 +281,10 @@ pub async fn call(api: &ApiArgs, all: bool, timeout_ms: Option<u64>, args: &[Str
             }
         }
     }
-    if progress {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish();
     }
+    let _ = std::io::stdout().flush();
     if failed > 0 {
         exit::PARTIAL
     } else {
