@@ -28,6 +28,7 @@ fn top_level_protocol_members_are_type_checked_in_every_frame() {
         r#""claim":[]"#,
         r#""bind":{}"#,
         r#""meta":"x""#,
+        r#""labels":["region=eu"]"#,
         r#""proof":1"#,
         r#""first_time":"no""#,
         r#""token":false"#,

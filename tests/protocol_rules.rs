@@ -296,6 +296,7 @@ async fn a_claim_without_a_name_is_ignored_and_a_fresh_name_assigned() {
         claim: Some(hex(&crypto::random_bytes())),
         bind: None,
         meta: Map::new(),
+        labels: Map::new(),
         proof: hex(&proof),
         caps: Vec::new(),
     });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::handshake::Identity;
+use agent_protocol::labels::Labels;
 use agent_protocol::link::{self, Role};
 use agent_protocol::time::deadline_in;
 use agent_protocol::transport;
@@ -76,6 +77,7 @@ struct Settings {
     tls: Option<Arc<ClientConfig>>,
     secret: Secret,
     meta: Map<String, Value>,
+    labels: Labels,
     store: Arc<dyn NameStore>,
     link: LinkConfig,
     handshake_timeout: Duration,
@@ -161,6 +163,10 @@ impl AgentClient {
                 "default_timeout must be more than zero".into(),
             ));
         }
+        let mut labels = Labels::new();
+        for (k, v) in &b.labels {
+            labels.insert(k, v)?;
+        }
         let endpoint = Endpoint::parse(&b.url)?;
         let tls = if endpoint.is_tls() {
             Some(b.tls.client_config()?)
@@ -198,6 +204,7 @@ impl AgentClient {
             tls,
             secret: b.secret,
             meta: b.meta,
+            labels,
             store: b.store,
             link: b.link,
             handshake_timeout: b.handshake_timeout,
@@ -421,6 +428,7 @@ async fn attempt(
         link: &s.link,
         identity: held.identity.clone(),
         meta: s.meta.clone(),
+        labels: s.labels.clone(),
     };
     let mut ws = dial::open(&d).await?;
     inner.emit(ClientEvent::Connected);

@@ -41,6 +41,9 @@ pub struct ClientBuilder {
     pub(crate) secret: Secret,
     pub(crate) name: Option<String>,
     pub(crate) meta: Map<String, Value>,
+    /// Labels as given, in order; checked at connect, the last value of a
+    /// key winning.
+    pub(crate) labels: Vec<(String, String)>,
     pub(crate) store: Arc<dyn NameStore>,
     pub(crate) hooks: Hooks<ServerHandle>,
     pub(crate) link: LinkConfig,
@@ -58,6 +61,7 @@ impl fmt::Debug for ClientBuilder {
             .field("secret", &"<redacted>")
             .field("name", &self.name)
             .field("meta", &self.meta)
+            .field("labels", &self.labels)
             .field("link", &self.link)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("default_timeout", &self.default_timeout)
@@ -73,6 +77,7 @@ impl ClientBuilder {
             secret,
             name: None,
             meta: Map::new(),
+            labels: Vec::new(),
             store: Arc::new(MemoryStore::new()),
             hooks: Hooks::new(),
             link: LinkConfig::default(),
@@ -102,6 +107,37 @@ impl ClientBuilder {
     /// agent's handle.
     pub fn meta(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.meta.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a label the agent presents at every connect, for the server's
+    /// selectors (`region=eu,role in (db,cache)`); a later call for the same
+    /// key replaces the value. Default: no labels.
+    ///
+    /// Keys and values follow the Kubernetes label syntax (see
+    /// [`agent_protocol::labels`]): a key is `name` or `prefix/name`, the
+    /// name of up to 63 letters, digits, `-`, `_` and `.` beginning and
+    /// ending with a letter or digit, the prefix a DNS subdomain; a value has
+    /// up to 63 such characters, or none. The key `name` is reserved, and an
+    /// agent has at most 64 labels. They are checked when the client
+    /// connects: `connect` and `start` fail with `CONFIG` naming the label.
+    ///
+    /// The server may add to, change or drop them when it admits the agent
+    /// (`ServerBuilder::on_admit`), and change them later; what it sets
+    /// lasts for that connection, and the agent presents its own labels
+    /// again when it reconnects.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_client::Error> {
+    /// let client = agent_client::AgentClient::builder("ws://127.0.0.1:7800", "s3cret")
+    ///     .label("region", "eu")
+    ///     .label("acme.io/role", "db")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
         self
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use agent_protocol::frame::Frame;
 use agent_protocol::handshake::{ClientHandshake, Established, Identity};
+use agent_protocol::labels::Labels;
 use agent_protocol::log_limit::clip;
 use agent_protocol::transport::{self, MaybeTls};
 use agent_protocol::{close, codes, Error, LinkConfig, Secret, SUBPROTOCOL};
@@ -75,6 +76,7 @@ pub(crate) struct Dial<'a> {
     pub(crate) link: &'a LinkConfig,
     pub(crate) identity: Identity,
     pub(crate) meta: Map<String, Value>,
+    pub(crate) labels: Labels,
 }
 
 /// Opens the WebSocket; `on_open` runs once it is up, before the handshake.
@@ -128,8 +130,9 @@ pub(crate) async fn authenticate(
     ws: &mut WebSocketStream<Stream>,
     d: Dial<'_>,
 ) -> Result<Established, Failure> {
-    let mut hs =
-        ClientHandshake::new(d.identity, d.meta).with_caps(agent_protocol::Caps::SUPPORTED);
+    let mut hs = ClientHandshake::new(d.identity, d.meta)
+        .with_labels(d.labels)
+        .with_caps(agent_protocol::Caps::SUPPORTED);
     let hello = recv(ws, d.link).await?;
     let auth = match hs.on_hello(d.secret, hello) {
         Ok(auth) => auth,

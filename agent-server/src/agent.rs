@@ -9,8 +9,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use agent_protocol::close;
+use agent_protocol::labels::Labels;
 use agent_protocol::{CallHandle, CloseReason, Error, LinkHandle};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -30,6 +31,9 @@ pub(crate) struct AgentInfo {
     /// The client's certificate chain, when mutual TLS verified one.
     pub(crate) peer_certificates: Option<Vec<CertificateDer<'static>>>,
     pub(crate) meta: Map<String, Value>,
+    /// The labels it was admitted with; [`Agent`] keeps them apart, since
+    /// they change.
+    pub(crate) labels: Labels,
     pub(crate) default_timeout: Duration,
 }
 
@@ -40,6 +44,9 @@ struct Inner {
     link: LinkHandle,
     /// Where the agent is registered; weak, since the registry holds agents.
     registry: Weak<Registry>,
+    /// Changed under the registry's lock, which keeps the label index in
+    /// step (see [`Agent::set_label`]); read without it.
+    labels: Mutex<Labels>,
     data: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
@@ -68,14 +75,17 @@ impl fmt::Debug for Agent {
             .field("peer_addr", &self.0.info.peer_addr)
             .field("first_time", &self.0.info.first_time)
             .field("tls", &self.0.info.tls)
+            .field("labels", &*self.0.labels.lock())
             .field("connected", &self.is_connected())
             .finish()
     }
 }
 
 impl Agent {
-    pub(crate) fn new(info: AgentInfo, link: LinkHandle, registry: Weak<Registry>) -> Self {
+    pub(crate) fn new(mut info: AgentInfo, link: LinkHandle, registry: Weak<Registry>) -> Self {
+        let labels = Mutex::new(std::mem::take(&mut info.labels));
         Agent(Arc::new(Inner {
+            labels,
             info,
             id: LAST_CONNECTION_ID.fetch_add(1, Ordering::Relaxed) + 1,
             connected_at: SystemTime::now(),
@@ -162,6 +172,66 @@ impl Agent {
     /// The metadata the agent sent at connect.
     pub fn meta(&self) -> &Map<String, Value> {
         &self.0.info.meta
+    }
+
+    /// The agent's labels now: those it presented at connect, as the
+    /// admission hook left them ([`ServerBuilder::on_admit`](crate::ServerBuilder::on_admit)),
+    /// with the changes made since through [`Agent::set_label`] and its
+    /// kin. Selectors ([`AgentServer::select`](crate::AgentServer::select))
+    /// see the same labels.
+    pub fn labels(&self) -> Labels {
+        self.0.labels.lock().clone()
+    }
+
+    /// Sets the label `key` to `value` on this connection, returning the
+    /// value it had; later selections see it at once. Fails with `CONFIG`
+    /// for an invalid key or value, or past 64 labels, changing nothing.
+    ///
+    /// Labels belong to a connection: when the agent reconnects, it
+    /// presents its own labels again and the admission hook runs again. On
+    /// a handle whose connection has ended, only the handle changes.
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// use agent_server::Selector;
+    /// let agent = server.agent("A0042").expect("connected");
+    /// agent.set_label("draining", "true")?;
+    /// let serving: Selector = "!draining".parse()?;
+    /// assert!(server.select(serving).agents().iter().all(|a| a.name() != "A0042"));
+    /// # Ok(()) }
+    /// ```
+    pub fn set_label(&self, key: &str, value: &str) -> Result<Option<String>, Error> {
+        self.relabel(|labels| labels.insert(key, value).map_err(Error::from))
+    }
+
+    /// Removes the label `key` from this connection, returning its value;
+    /// see [`Agent::set_label`].
+    pub fn remove_label(&self, key: &str) -> Option<String> {
+        self.relabel(|labels| Ok(labels.remove(key)))
+            .unwrap_or_default()
+    }
+
+    /// Replaces all of this connection's labels with `labels`; see
+    /// [`Agent::set_label`].
+    pub fn set_labels(&self, labels: Labels) {
+        let _ = self.relabel(|l| {
+            *l = labels;
+            Ok(())
+        });
+    }
+
+    /// Applies `change` to the labels, through the registry when the agent
+    /// is registered so that its index follows.
+    fn relabel<R>(&self, change: impl FnOnce(&mut Labels) -> Result<R, Error>) -> Result<R, Error> {
+        match self.0.registry.upgrade() {
+            Some(registry) => registry.relabel(self, change),
+            None => change(&mut self.0.labels.lock()),
+        }
+    }
+
+    /// The labels, locked; the registry changes them under its own lock.
+    pub(crate) fn labels_lock(&self) -> MutexGuard<'_, Labels> {
+        self.0.labels.lock()
     }
 
     /// When the handshake finished.

@@ -4,9 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_protocol::labels::Labels;
 use agent_protocol::{LinkConfig, MemoryStore, NameFormat, NameStore, Secret};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
+use crate::admission::{AdmitHook, AdmitInfo, NotAdmitted};
 use crate::server::AgentServer;
 use crate::Error;
 
@@ -33,6 +35,10 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = DEFAULT_MAX_HANDSHAKES / 16;
 /// Default time shutdown lets calls in flight finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Default most callers that may wait at once for agents to connect
+/// (`wait_for`, calls `when_online`, `wait_for_count`, together).
+pub const DEFAULT_MAX_WAITERS: usize = 1024;
 
 /// Default time a reclaim waits for the name's old link to answer a ping
 /// before replacing it as stale.
@@ -70,6 +76,8 @@ pub struct ServerBuilder {
     pub(crate) shutdown_grace: Duration,
     pub(crate) probe_timeout: Duration,
     pub(crate) tls: crate::tls::TlsSettings,
+    pub(crate) on_admit: Option<AdmitHook>,
+    pub(crate) max_waiters: usize,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -90,6 +98,8 @@ impl fmt::Debug for ServerBuilder {
             .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("probe_timeout", &self.probe_timeout)
+            .field("on_admit", &self.on_admit.is_some())
+            .field("max_waiters", &self.max_waiters)
             .field(
                 "tls",
                 &(self.tls.identity.is_some() || self.tls.config.is_some()),
@@ -115,6 +125,8 @@ impl Default for ServerBuilder {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             tls: crate::tls::TlsSettings::default(),
+            on_admit: None,
+            max_waiters: DEFAULT_MAX_WAITERS,
         }
     }
 }
@@ -311,6 +323,63 @@ impl ServerBuilder {
         self
     }
 
+    /// Decides, for each agent that authenticated, whether it is admitted
+    /// and with which labels. Default: every agent, with the labels it
+    /// presented.
+    ///
+    /// `f` runs once per connection, after the agent proved the secret and
+    /// its name was decided, before the `welcome`; it sees the name, the
+    /// address, TLS, certificates, metadata and the labels the agent
+    /// presented (already checked). `Ok(labels)` admits the agent with
+    /// those labels (the presented ones, changed or replaced); `Err`
+    /// refuses it: the agent gets a proven `reject` with code
+    /// `NOT_ADMITTED` and the message, then close code 4012. An agent
+    /// refused this way retries with backoff, so the hook may admit it
+    /// later; a refused first-time agent keeps the name it was given for
+    /// its retries.
+    ///
+    /// The hook is synchronous and runs inside the handshake: keep it
+    /// quick. A hook that panics refuses the agent with `INTERNAL_ERROR`
+    /// (close code 1011); the server goes on.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), agent_server::Error> {
+    /// use agent_server::{AgentServer, NotAdmitted};
+    ///
+    /// let server = AgentServer::builder()
+    ///     .secret("s3cret")
+    ///     .on_admit(|agent| {
+    ///         if agent.labels().get("env") == Some("prod") && !agent.is_tls() {
+    ///             return Err(NotAdmitted::new("prod agents connect over wss://"));
+    ///         }
+    ///         let mut labels = agent.labels().clone();
+    ///         // The server's word on the region, not the agent's.
+    ///         let region = if agent.peer_addr().ip().is_loopback() { "local" } else { "eu" };
+    ///         labels.insert("region", region).map_err(|e| NotAdmitted::new(e.to_string()))?;
+    ///         Ok(labels)
+    ///     })
+    ///     .start("0.0.0.0:7800")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_admit<F>(mut self, f: F) -> Self
+    where
+        F: for<'a> Fn(&AdmitInfo<'a>) -> Result<Labels, NotAdmitted> + Send + Sync + 'static,
+    {
+        self.on_admit = Some(Arc::new(f));
+        self
+    }
+
+    /// Most callers that may wait at once for agents to connect: the calls
+    /// of [`AgentServer::wait_for`], [`AgentServer::wait_for_count`] and
+    /// calls [`when_online`](crate::CallBuilder::when_online) waiting for
+    /// their agent, together. One more fails at once with `BUSY`. Default
+    /// 1024; 0 is a `CONFIG` error.
+    pub fn max_waiters(mut self, n: usize) -> Self {
+        self.max_waiters = n;
+        self
+    }
+
     /// Serves `wss://` with the PEM certificate chain and private key in
     /// these files (read at start).
     pub fn tls_pem_files(
@@ -393,6 +462,9 @@ impl ServerBuilder {
             if d.is_zero() {
                 return Err(Error::Config(format!("{what} must be more than zero")));
             }
+        }
+        if self.max_waiters == 0 {
+            return Err(Error::Config("max_waiters must be at least 1".into()));
         }
         self.link.validate()
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use agent_protocol::frame::{Frame, Limits};
 use agent_protocol::handshake::{Refusal, ServerHandshake, Session, VerifiedAuth};
+use agent_protocol::labels::Labels;
 use agent_protocol::link::{self, Role};
 use agent_protocol::log_limit::{clip, LogLimit};
 use agent_protocol::time;
@@ -27,6 +28,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::admission::{self, AdmitInfo};
 use crate::agent::{Agent, AgentInfo};
 use crate::first_message::FirstMessageLimit;
 use crate::handshakes::HandshakeSlot;
@@ -255,18 +257,29 @@ async fn serve_inner(
         return;
     }
     let tls = ws.get_ref().get_ref().is_tls();
+    let peer = Peer {
+        addr: peer_addr,
+        tls,
+        certificates: peer_certificates.as_deref(),
+    };
 
     let authenticated = tokio::select! {
         biased;
         // Cancel-safe like the deadline: a reserved name is released by the
         // reservation's drop.
         _ = server.stop.cancelled() => Err(Failure::Shutdown),
-        done = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server)) => match done {
+        done = tokio::time::timeout_at(deadline, authenticate(&mut ws, &server, &peer)) => match done {
             Ok(done) => done,
             Err(_) => Err(Failure::Timeout),
         },
     };
-    let (grant, welcome, session, meta) = match authenticated {
+    let Authenticated {
+        grant,
+        welcome,
+        session,
+        meta,
+        labels,
+    } = match authenticated {
         Ok(done) => done,
         Err(failure) => {
             let failure = match failure {
@@ -307,6 +320,7 @@ async fn serve_inner(
         tls,
         peer_certificates,
         meta,
+        labels,
         default_timeout: server.default_timeout,
     };
     let first_time = grant.first_time;
@@ -386,18 +400,31 @@ async fn serve_inner(
     );
 }
 
+/// What the connection knows of its peer before the handshake.
+struct Peer<'a> {
+    addr: SocketAddr,
+    tls: bool,
+    certificates: Option<&'a [CertificateDer<'static>]>,
+}
+
+/// A finished handshake, its `welcome` not sent yet.
+struct Authenticated {
+    grant: Grant,
+    welcome: Frame,
+    session: Session,
+    meta: serde_json::Map<String, serde_json::Value>,
+    /// The labels the agent is admitted with.
+    labels: Labels,
+}
+
+/// Longest text of an invalid label repeated in the refusal.
+const LABEL_ERROR_LEN: usize = 200;
+
 async fn authenticate<S>(
     ws: &mut WebSocketStream<S>,
     server: &Arc<Inner>,
-) -> Result<
-    (
-        Grant,
-        Frame,
-        Session,
-        serde_json::Map<String, serde_json::Value>,
-    ),
-    Failure,
->
+    peer: &Peer<'_>,
+) -> Result<Authenticated, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -424,6 +451,18 @@ where
     // The agent proved the secret over its nonce: from here on every refusal
     // carries the server's proof, so the agent can trust that it is final.
     let proven = |r: Refusal| Failure::Refused(hs.prove_refusal(&server.secret, &verified, r));
+    // Judged before a name is decided: a request that cannot be admitted
+    // gets none.
+    let presented: Labels = serde_json::from_value(serde_json::Value::Object(
+        verified.labels.clone(),
+    ))
+    .map_err(|e| {
+        proven(Refusal::new(
+            codes::INVALID_MESSAGE,
+            format!("auth.labels: {}", clip(&e.to_string(), LABEL_ERROR_LEN)),
+            close::PROTOCOL_ERROR,
+        ))
+    })?;
     let grant = match grant_detached(server, &hs, &verified).await {
         Ok(grant) => grant,
         Err(GrantError::Refused(r)) => return Err(proven(r)),
@@ -459,6 +498,21 @@ where
             }
         }
     };
+    // The application's say, once the name is known; refusing drops the
+    // grant, which frees the name.
+    let labels = admission::decide(
+        server.on_admit.as_ref(),
+        &AdmitInfo {
+            name: grant.name(),
+            first_time: grant.first_time,
+            peer_addr: peer.addr,
+            tls: peer.tls,
+            peer_certificates: peer.certificates,
+            meta: &verified.meta,
+            labels: &presented,
+        },
+    )
+    .map_err(proven)?;
     let limits = Limits {
         max_message_bytes: server.link.max_message_bytes as u64,
         max_in_flight: u32::try_from(server.link.max_in_flight).unwrap_or(u32::MAX),
@@ -478,7 +532,13 @@ where
     // Should the deadline cancel us from here on, dropping the grant frees
     // the name; the welcome goes out as the link's first frame, once the
     // agent is registered.
-    Ok((grant, welcome, session, verified.meta))
+    Ok(Authenticated {
+        grant,
+        welcome,
+        session,
+        meta: verified.meta,
+        labels,
+    })
 }
 
 /// Runs the grant on a task of its own, so the handshake deadline never

@@ -17,8 +17,15 @@
 //! * `first_message`: the handshake's small message limit.
 //! * `names`: which names were given, persisted in a [`NameStore`].
 //! * `binds`: how a retried first-time grant is recognised.
-//! * `registry`: the connected agents by name.
-//! * [`Agent`]: the handle on one connected agent.
+//! * `registry`: the connected agents by name, with (under its lock):
+//!   * `index`: the connected agents by label, for selectors;
+//!   * `waiters`: the callers waiting for agents to connect.
+//! * `admission`: the application's admission hook ([`AdmitInfo`]).
+//! * [`Agent`]: the handle on one connected agent, with its labels.
+//! * `selection`: calls to the agents a [`Selector`] selects
+//!   ([`Selection`], [`CallEach`]).
+//! * `online`: waiting for agents ([`AgentServer::wait_for`],
+//!   [`CallBuilder::when_online`]).
 //!
 //! The request/response machinery itself is the Link of `agent-protocol`,
 //! shared with `agent-client`.
@@ -50,6 +57,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 mod agent;
 mod binds;
 pub mod config;
@@ -57,21 +65,29 @@ mod connection;
 mod events;
 mod first_message;
 mod handshakes;
+mod index;
 mod names;
+mod online;
 mod registry;
+mod selection;
 mod server;
 mod tls;
+mod waiters;
 
+pub use admission::{AdmitInfo, NotAdmitted};
 pub use agent::Agent;
 pub use config::ServerBuilder;
 pub use events::{HandshakeFailure, ServerEvent};
+pub use online::CallBuilder;
+pub use selection::{CallEach, Selection};
 pub use server::{AgentServer, ServerStats, Target};
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
 
 pub use agent_protocol::{
     close, codes, Call, CallHandle, Canceller, Caps, CloseReason, Error, FileStore, Handler,
-    HookError, Hooks, LinkConfig, MemoryStore, NameStore, Secret,
+    HookError, Hooks, LabelError, Labels, LinkConfig, MemoryStore, NameStore, Secret, Selector,
+    SelectorError,
 };
 /// The rustls crate this crate's TLS builders take (`ServerConfig`,
 /// `ClientConfig`, certificate types), re-exported so a hand-built TLS

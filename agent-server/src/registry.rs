@@ -13,16 +13,25 @@
 //!
 //! Shutdown closes the registry: from then on no agent is admitted, so none
 //! can register after shutdown's sweep of the live agents and outlive it.
+//!
+//! Under the same lock the registry keeps the label index of the live
+//! agents (`index`) and the callers waiting for agents (`waiters`), so a
+//! selection, a count and a wait always agree with the registry, and no
+//! waiter misses the change it waits for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agent_protocol::CloseReason;
+use agent_protocol::labels::Labels;
+use agent_protocol::selector::Selector;
+use agent_protocol::{CloseReason, Error};
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
 use crate::agent::Agent;
 use crate::events::ServerEvent;
+use crate::index::LabelIndex;
+use crate::waiters::{Ticket, Waiters};
 
 enum Slot {
     Reserved,
@@ -45,11 +54,19 @@ pub(crate) enum Refused {
     Revoked,
 }
 
-#[derive(Default)]
 struct State {
     slots: HashMap<String, Slot>,
+    /// The live agents by label.
+    index: LabelIndex,
+    waiters: Waiters<Agent>,
     /// Set by shutdown: nothing is admitted any more.
     closed: bool,
+}
+
+/// What a wait finds: its answer now, or a ticket for a later one.
+pub(crate) enum Wait<T> {
+    Now(T),
+    Later(WaitGuard, Ticket<T>),
 }
 
 pub(crate) struct Registry {
@@ -58,9 +75,15 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(events: broadcast::Sender<ServerEvent>) -> Arc<Self> {
+    /// A registry whose waiters are bounded by `max_waiters`.
+    pub(crate) fn new(events: broadcast::Sender<ServerEvent>, max_waiters: usize) -> Arc<Self> {
         Arc::new(Registry {
-            state: RwLock::default(),
+            state: RwLock::new(State {
+                slots: HashMap::new(),
+                index: LabelIndex::default(),
+                waiters: Waiters::new(max_waiters),
+                closed: false,
+            }),
             events,
         })
     }
@@ -112,6 +135,9 @@ impl Registry {
         }
         let agent = make(input);
         st.slots.insert(name.to_owned(), Slot::Live(agent.clone()));
+        let labels = agent.labels();
+        st.index.insert(name, &labels);
+        st.waiters.admitted(name, &labels, &agent);
         let _ = self.events.send(ServerEvent::AgentConnected(agent.clone()));
         Ok(agent)
     }
@@ -123,6 +149,9 @@ impl Registry {
         match st.slots.get(agent.name()) {
             Some(Slot::Live(a)) if a.same_connection(agent) => {
                 st.slots.remove(agent.name());
+                if let Some(labels) = st.index.remove(agent.name()) {
+                    st.waiters.removed(agent.name(), &labels);
+                }
                 let _ = self
                     .events
                     .send(ServerEvent::AgentDisconnected(agent.clone(), reason));
@@ -134,9 +163,11 @@ impl Registry {
 
     /// Closes the registry for good: later handshakes are refused. `each`
     /// runs on every live agent under the lock, so none escapes it.
+    /// Every waiter is answered with `SHUTDOWN`.
     pub(crate) fn close(&self, each: impl Fn(&Agent)) {
         let mut st = self.state.write();
         st.closed = true;
+        st.waiters.close();
         for slot in st.slots.values() {
             if let Slot::Live(a) = slot {
                 each(a);
@@ -176,6 +207,112 @@ impl Registry {
             .values()
             .filter(|s| matches!(s, Slot::Reserved))
             .count()
+    }
+
+    /// The live agents `selector` selects, sorted by name.
+    pub(crate) fn select(&self, selector: &Selector) -> Vec<Agent> {
+        if selector.is_all() {
+            return self.live();
+        }
+        let st = self.state.read();
+        st.index
+            .select(selector)
+            .iter()
+            .filter_map(|name| match st.slots.get(&**name) {
+                Some(Slot::Live(a)) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many live agents `selector` selects.
+    pub(crate) fn count(&self, selector: &Selector) -> usize {
+        self.state.read().index.count(selector)
+    }
+
+    /// Applies `change` to `agent`'s labels, keeping the index and the
+    /// count waiters in step when it is the live connection of its name.
+    /// `change` leaves the labels as they were when it fails.
+    pub(crate) fn relabel<R>(
+        &self,
+        agent: &Agent,
+        change: impl FnOnce(&mut Labels) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut st = self.state.write();
+        let mut labels = agent.labels_lock();
+        let old = labels.clone();
+        let out = change(&mut labels)?;
+        let live =
+            matches!(st.slots.get(agent.name()), Some(Slot::Live(a)) if a.same_connection(agent));
+        if live && *labels != old {
+            st.index.update(agent.name(), &labels);
+            st.waiters.relabelled(agent.name(), &old, &labels);
+        }
+        Ok(out)
+    }
+
+    /// The connected agent `name`, or a ticket to wait for it (bounded:
+    /// `BUSY` past the limit; `SHUTDOWN` once closed). `is_revoked` is
+    /// asked under the lock that revocation's [`Registry::fail_waiters`]
+    /// takes, so a wait never outlives a revocation it raced with.
+    pub(crate) fn wait_for(
+        self: &Arc<Self>,
+        name: &str,
+        is_revoked: impl FnOnce(&str) -> bool,
+    ) -> Result<Wait<Agent>, Error> {
+        let mut st = self.state.write();
+        if st.closed {
+            return Err(Error::Shutdown);
+        }
+        if is_revoked(name) {
+            return Err(Error::Revoked(name.to_owned()));
+        }
+        if let Some(Slot::Live(a)) = st.slots.get(name) {
+            if a.is_connected() {
+                return Ok(Wait::Now(a.clone()));
+            }
+        }
+        let ticket = st.waiters.wait_name(name)?;
+        let guard = WaitGuard {
+            registry: Arc::clone(self),
+            name: Some(name.to_owned()),
+            id: ticket.id,
+        };
+        Ok(Wait::Later(guard, ticket))
+    }
+
+    /// How many live agents `selector` selects once that is `want` or more:
+    /// now, or through a ticket, bounded like [`Registry::wait_for`].
+    pub(crate) fn wait_for_count(
+        self: &Arc<Self>,
+        selector: &Selector,
+        want: usize,
+    ) -> Result<Wait<usize>, Error> {
+        let mut st = self.state.write();
+        if st.closed {
+            return Err(Error::Shutdown);
+        }
+        let have = st.index.count(selector);
+        if have >= want {
+            return Ok(Wait::Now(have));
+        }
+        let ticket = st.waiters.wait_count(selector.clone(), want, have)?;
+        let guard = WaitGuard {
+            registry: Arc::clone(self),
+            name: None,
+            id: ticket.id,
+        };
+        Ok(Wait::Later(guard, ticket))
+    }
+
+    /// Answers every waiter for `name` with `error`.
+    pub(crate) fn fail_waiters(&self, name: &str, error: &Error) {
+        self.state.write().waiters.fail_name(name, error);
+    }
+
+    /// Callers waiting now.
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.state.read().waiters.len()
     }
 
     /// Number of live agents.
@@ -219,6 +356,25 @@ impl Drop for Reservation {
         let mut st = self.registry.state.write();
         if matches!(st.slots.get(&self.name), Some(Slot::Reserved)) {
             st.slots.remove(&self.name);
+        }
+    }
+}
+
+/// Takes a waiter out of the table when its caller stops waiting: at its
+/// deadline, or when its future is dropped. Harmless after an answer.
+pub(crate) struct WaitGuard {
+    registry: Arc<Registry>,
+    /// The name waited for; `None` for a count.
+    name: Option<String>,
+    id: u64,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut st = self.registry.state.write();
+        match &self.name {
+            Some(name) => st.waiters.cancel_name(name, self.id),
+            None => st.waiters.cancel_count(self.id),
         }
     }
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use agent_protocol::close;
 use agent_protocol::log_limit::LogLimit;
-use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret};
-use futures_util::future::join_all;
+use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret, Selector};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::AdmitHook;
 use crate::agent::Agent;
 use crate::config::ServerBuilder;
 use crate::connection;
@@ -26,6 +26,7 @@ use crate::events::{HandshakeFailure, ServerEvent};
 use crate::handshakes::Handshakes;
 use crate::names::NameBook;
 use crate::registry::{Lookup, Registry};
+use crate::selection::Selection;
 
 /// Capacity of the event channel.
 const EVENT_CAPACITY: usize = 4096;
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) names: NameBook,
     pub(crate) registry: Arc<Registry>,
     pub(crate) hooks: Hooks<Agent>,
+    /// The admission hook, if the application set one.
+    pub(crate) on_admit: Option<AdmitHook>,
     /// Lifecycle events only: unauthenticated peers cannot crowd them out.
     events: broadcast::Sender<ServerEvent>,
     /// Failed handshakes, apart from `events`.
@@ -110,12 +113,17 @@ pub struct ServerStats {
     pub running_hooks: usize,
     /// Bytes of frames waiting to be written to agents, over every link.
     pub queued_bytes: usize,
+    /// Callers waiting for agents to connect ([`AgentServer::wait_for`],
+    /// [`AgentServer::wait_for_count`], calls
+    /// [`when_online`](crate::CallBuilder::when_online)).
+    pub waiters: usize,
 }
 
 impl ServerStats {
     /// True when nothing is left: no agent, reserved name, handshake,
-    /// connection task, running hook, or request either way. A server whose agents have
-    /// all gone reaches this once their connections have closed.
+    /// connection task, running hook, waiter, or request either way. A
+    /// server whose agents have all gone reaches this once their
+    /// connections have closed.
     pub fn is_idle(&self) -> bool {
         *self == ServerStats::default()
     }
@@ -131,7 +139,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Target::Name(n) => n,
             Target::Agent(a) => a.name(),
@@ -193,7 +201,7 @@ impl From<Agent> for Target {
 /// ```
 #[derive(Clone)]
 pub struct AgentServer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     _stop_on_drop: Arc<StopOnDrop>,
 }
 
@@ -235,8 +243,9 @@ impl AgentServer {
             shutdown_grace: b.shutdown_grace,
             link: b.link,
             names,
-            registry: Registry::new(events.clone()),
+            registry: Registry::new(events.clone(), b.max_waiters),
             hooks: Hooks::new(),
+            on_admit: b.on_admit,
             events,
             failures: broadcast::channel(FAILURE_CAPACITY).0,
             failure_counts: parking_lot::Mutex::default(),
@@ -350,8 +359,34 @@ impl AgentServer {
         }
     }
 
+    /// The connected agents that `selector` selects, as a view: each of
+    /// its methods looks again (see [`Selection`]). `select(Selector::all())`
+    /// is every agent, and its `send_all` is [`AgentServer::send_all`].
+    ///
+    /// The selector is evaluated against the label index, so selecting a
+    /// few agents of many reads only those that carry the selector's most
+    /// selective `key=value`, `key in (…)`, `key` or `name` term; a
+    /// selector with none of these (only `!=`, `notin`, `!key`, or no term
+    /// at all) looks at every agent.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_server::Error> {
+    /// use agent_server::Selector;
+    ///
+    /// let dbs = server.select("region=eu,role in (db,cache),!draining".parse::<Selector>()?);
+    /// for agent in dbs.agents() {
+    ///     println!("{} {}", agent.name(), agent.labels());
+    /// }
+    /// let by_name = server.select(Selector::all().names(["A0001", "A0002"])?);
+    /// assert!(by_name.count() <= 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn select(&self, selector: Selector) -> Selection {
+        Selection::new(Arc::clone(&self.inner), selector)
+    }
+
     /// The connected agent of `name`, or why there is none.
-    fn resolve(&self, name: &str) -> Result<Agent, Error> {
+    pub(crate) fn resolve(&self, name: &str) -> Result<Agent, Error> {
         if self.inner.names.is_revoked(name) {
             return Err(Error::Revoked(name.to_owned()));
         }
@@ -408,7 +443,8 @@ impl AgentServer {
     }
 
     /// Calls hook `action` on every connected agent at once, with the default
-    /// timeout, and returns each agent's own result by name.
+    /// timeout, and returns each agent's own result by name: the same as
+    /// `select(Selector::all()).send_all(…)`.
     ///
     /// One agent's failure never fails the others. Fails as a whole only with
     /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
@@ -438,29 +474,9 @@ impl AgentServer {
         B: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        if self.is_stopped() {
-            return Err(Error::Shutdown);
-        }
-        let agents = self.inner.registry.live();
-        if agents.is_empty() {
-            return Err(Error::NoConnectedAgents);
-        }
-        // Serialize once; every agent gets the same bytes.
-        let raw = serde_json::value::to_raw_value(body)
-            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
-        let raw = &*raw;
-        let calls = agents.iter().map(|agent| async move {
-            let result = agent
-                .link()
-                .request(action, raw, timeout)
-                .await
-                .and_then(|res| {
-                    serde_json::from_str::<R>(res.get())
-                        .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
-                });
-            (agent.name().to_owned(), result)
-        });
-        Ok(join_all(calls).await.into_iter().collect())
+        self.select(Selector::all())
+            .send_all_timeout(action, body, timeout)
+            .await
     }
 
     /// Sends one agent a notification (see [`Agent::notify`]): its hook
@@ -492,7 +508,8 @@ impl AgentServer {
 
     /// Sends every connected agent the same notification at once, and
     /// returns by name whether each was queued (`UNSUPPORTED` for an agent
-    /// written before notifications). Fails as a whole only with
+    /// written before notifications): the same as
+    /// `select(Selector::all()).notify(…)`. Fails as a whole only with
     /// `NO_CONNECTED_AGENTS`, `SHUTDOWN` once shutdown has begun, or
     /// `INVALID_MESSAGE` when `body` does not serialize.
     ///
@@ -513,21 +530,7 @@ impl AgentServer {
     where
         B: Serialize + ?Sized,
     {
-        if self.is_stopped() {
-            return Err(Error::Shutdown);
-        }
-        let agents = self.inner.registry.live();
-        if agents.is_empty() {
-            return Err(Error::NoConnectedAgents);
-        }
-        let raw = serde_json::value::to_raw_value(body)
-            .map_err(|e| Error::InvalidMessage(format!("note body: {e}")))?;
-        let raw = &*raw;
-        let notes = agents.iter().map(|agent| async move {
-            let sent = agent.link().notify_raw(action, raw).await;
-            (agent.name().to_owned(), sent)
-        });
-        Ok(join_all(notes).await.into_iter().collect())
+        self.select(Selector::all()).notify(action, body).await
     }
 
     /// Disconnects the agent `target` names (for an [`Agent`] handle, the
@@ -566,6 +569,11 @@ impl AgentServer {
         if let Lookup::Live(agent) = self.inner.registry.get(name) {
             agent.end(close::REVOKED, reason);
         }
+        // Likewise a waiter: registered before this, it is answered here;
+        // after, it saw the revocation.
+        self.inner
+            .registry
+            .fail_waiters(name, &Error::Revoked(name.to_owned()));
         Ok(())
     }
 
@@ -592,7 +600,11 @@ impl AgentServer {
     /// finishes from now on is closed with 1001 instead of registered), and
     /// takes no new calls either way: [`AgentServer::send_to`],
     /// [`AgentServer::send_all`] and [`Agent::send`] fail with `SHUTDOWN`,
-    /// and agents' new requests are answered with a `SHUTDOWN` error. Then
+    /// agents' new requests are answered with a `SHUTDOWN` error, and every
+    /// caller waiting for an agent ([`AgentServer::wait_for`],
+    /// [`AgentServer::wait_for_count`], calls
+    /// [`when_online`](crate::CallBuilder::when_online)) fails with
+    /// `SHUTDOWN`, as do new waits. Then
     /// the calls already in flight get up to the shutdown grace to finish;
     /// shutdown goes on as soon as they have (it looks every 10 ms), or when
     /// the grace is over. Last, every link closes with 1001 (calls still in
@@ -646,6 +658,7 @@ impl AgentServer {
             serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
             running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
             queued_bytes: live.iter().map(|a| a.link().queued_bytes()).sum(),
+            waiters: inner.registry.waiter_count(),
         }
     }
 

@@ -40,6 +40,9 @@ pub const OVERLOADED: u16 = 4010;
 /// The peer does not read: the link's outbound queue stayed full, the peer
 /// taking none of it, for `LinkConfig::drain_timeout`.
 pub const NOT_READING: u16 = 4011;
+/// The server's admission check refused the agent (`NOT_ADMITTED`); the
+/// reason text says why.
+pub const NOT_ADMITTED: u16 = 4012;
 
 /// Who ended a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

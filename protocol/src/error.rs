@@ -46,6 +46,8 @@ pub mod codes {
     pub const INVALID_NAME: &str = "INVALID_NAME";
     /// The name has been revoked by the server.
     pub const REVOKED: &str = "REVOKED";
+    /// The server's admission check refused the agent.
+    pub const NOT_ADMITTED: &str = "NOT_ADMITTED";
     /// The handshake did not finish before its deadline.
     pub const HANDSHAKE_TIMEOUT: &str = "HANDSHAKE_TIMEOUT";
     /// The server could not prove that it knows the shared secret.

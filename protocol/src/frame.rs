@@ -79,7 +79,7 @@ pub struct Hello {
     pub caps: Vec<String>,
 }
 
-/// `auth {nonce, name?, claim?, bind?, meta, proof, caps?}`. `Debug` leaves
+/// `auth {nonce, name?, claim?, bind?, meta, labels?, proof, caps?}`. `Debug` leaves
 /// out the proof, the claim and the bind.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Auth {
@@ -99,6 +99,11 @@ pub struct Auth {
     /// Free-form metadata the server keeps on the agent's handle.
     #[serde(default)]
     pub meta: Map<String, Value>,
+    /// The labels the agent presents, key to string value (see
+    /// [`crate::labels`]); left out when there are none. Carried as any
+    /// JSON object so that the server, not the decoder, judges them.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub labels: Map<String, Value>,
     /// Proof that the agent knows the shared secret, as lowercase hex.
     pub proof: String,
     /// The capabilities the agent supports (see [`crate::Caps`]); absent
@@ -141,6 +146,7 @@ impl std::fmt::Debug for Auth {
             .field("claim", &redacted(&self.claim))
             .field("bind", &redacted(&self.bind))
             .field("meta", &self.meta)
+            .field("labels", &self.labels)
             .field("proof", &"<redacted>")
             .field("caps", &self.caps)
             .finish_non_exhaustive()

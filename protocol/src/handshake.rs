@@ -37,6 +37,7 @@ use crate::close;
 use crate::crypto::{self, Key, Secret, LEN};
 use crate::error::{codes, Error};
 use crate::frame::{Auth, Frame, Hello, Limits, Reject, Welcome, PROTOCOL_VERSION};
+use crate::labels::Labels;
 
 /// What both sides hold once the handshake succeeded.
 #[derive(Debug, Clone)]
@@ -114,6 +115,9 @@ pub struct VerifiedAuth {
     bind: Option<[u8; LEN]>,
     /// The agent's metadata.
     pub meta: Map<String, Value>,
+    /// The labels the agent presented, not yet validated: the server checks
+    /// them with [`crate::labels::Labels`]'s `Deserialize`.
+    pub labels: Map<String, Value>,
     caps: Caps,
 }
 
@@ -133,6 +137,7 @@ impl std::fmt::Debug for VerifiedAuth {
             .field("claim", &self.claim.map(|_| "<present>"))
             .field("bind", &self.bind.map(|_| "<redacted>"))
             .field("meta", &self.meta)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -270,6 +275,7 @@ impl ServerHandshake {
             claim,
             bind,
             meta: auth.meta,
+            labels: auth.labels,
             caps: Caps::from_names(&auth.caps),
         })
     }
@@ -388,6 +394,7 @@ pub struct ClientHandshake {
     sign: bool,
     identity: Identity,
     meta: Map<String, Value>,
+    labels: Labels,
     caps: Caps,
 }
 
@@ -405,8 +412,16 @@ impl ClientHandshake {
             sign: false,
             identity,
             meta,
+            labels: Labels::new(),
             caps: Caps::NONE,
         }
+    }
+
+    /// Presents `labels` in `auth` (none by default).
+    #[must_use]
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
     }
 
     /// Announces `caps` in `auth` (default: none). The link uses those the
@@ -465,6 +480,11 @@ impl ClientHandshake {
             claim,
             bind,
             meta: self.meta.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect(),
             proof: hex::encode(proof),
             caps: self.caps.to_wire(),
         }))

@@ -8,6 +8,8 @@
 //! * [`crypto`], [`handshake`] and [`signed`]: the MACs, the challenge-response
 //!   handshake as frame-in/frame-out state machines, and signed frames.
 //! * [`name`]: the `A####` name format and name syntax.
+//! * [`labels`] and [`selector`]: agent labels and the selectors that pick
+//!   agents by name and labels, as values that evaluate anywhere.
 //! * [`store`]: the [`NameStore`] trait with [`MemoryStore`] and [`FileStore`].
 //! * [`hooks`]: the handler registry and its chain rules.
 //! * [`caps`]: the optional features each side announces in the handshake
@@ -33,9 +35,11 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod hooks;
+pub mod labels;
 pub mod link;
 pub mod log_limit;
 pub mod name;
+pub mod selector;
 pub mod signed;
 pub mod store;
 pub mod time;
@@ -47,8 +51,10 @@ pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
 pub use hooks::{handler, Call, Handler, Hooks};
+pub use labels::{LabelError, Labels};
 pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
 pub use name::NameFormat;
+pub use selector::{Selector, SelectorError};
 pub use store::{FileStore, MemoryStore, NameStore};
 
 pub use serde_json::value::RawValue;

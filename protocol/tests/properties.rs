@@ -154,19 +154,21 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             prop::option::of(hex()),
             prop::option::of(hex()),
             json_object(),
+            json_object(),
             (hex(), caps())
         )
-            .prop_map(
-                |(nonce, name, claim, bind, meta, (proof, caps))| Frame::Auth(Auth {
+            .prop_map(|(nonce, name, claim, bind, meta, labels, (proof, caps))| {
+                Frame::Auth(Auth {
                     nonce,
                     name,
                     claim,
                     bind,
                     meta,
+                    labels,
                     proof,
                     caps,
                 })
-            ),
+            }),
         (
             text(),
             any::<bool>(),
