@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `UNAUTHORIZED` (no or wrong token) | 401 |
 //! | `FORBIDDEN` (read-only token, changing route) | 403 |
-//! | `BAD_REQUEST` (query or path not understood), `INVALID_MESSAGE` (body not JSON) | 400 |
+//! | `BAD_REQUEST` (query, selector or path not understood), `INVALID_MESSAGE` (body not JSON) | 400 |
 //! | `NOT_FOUND` (no such route), `UNKNOWN_AGENT`, `NO_CONNECTED_AGENTS` | 404 |
 //! | `AGENT_NOT_CONNECTED` | 409 |
 //! | `REVOKED` | 410 |

@@ -37,6 +37,8 @@ pub(crate) struct AgentView {
     first_time: bool,
     /// Unix time in milliseconds.
     connected_at_ms: u64,
+    /// The agent's labels, key to value.
+    labels: Value,
     meta: Value,
 }
 

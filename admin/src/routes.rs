@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use agent_protocol::Error;
-use agent_server::Agent;
+use agent_server::{Agent, Selector};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -146,6 +146,7 @@ pub(crate) fn agent_json(a: &Agent) -> Value {
         "tls": a.is_tls(),
         "first_time": a.first_time(),
         "connected_at_ms": connected_at_ms,
+        "labels": a.labels(),
         "meta": a.meta(),
     })
 }
@@ -157,6 +158,19 @@ pub(crate) struct Page {
     limit: Option<usize>,
     /// List the names after this one (the `next` of the previous page).
     after: Option<String>,
+    /// Only the agents this selector selects (README "Fleet addressing").
+    selector: Option<String>,
+}
+
+/// The agents `selector` selects (every agent when absent), or 400.
+fn selection(st: &State, selector: Option<&str>) -> Result<agent_server::Selection, ApiError> {
+    let selector: Selector = match selector {
+        None => Selector::all(),
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?,
+    };
+    Ok(st.server.select(selector))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -164,7 +178,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-#[utoipa::path(get, path = "/v1/agents", params(("limit" = Option<usize>, Query, description = "Agents per page, 1 to 1000 (default 1000)"), ("after" = Option<String>, Query, description = "List the names after this one")), responses((status = 200, body = AgentPage), (status = 400, description = "BAD_REQUEST", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/agents", params(("limit" = Option<usize>, Query, description = "Agents per page, 1 to 1000 (default 1000)"), ("after" = Option<String>, Query, description = "List the names after this one"), ("selector" = Option<String>, Query, description = "Only the agents this selector selects, e.g. region=eu,role in (db,cache)")), responses((status = 200, body = AgentPage), (status = 400, description = "BAD_REQUEST", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
 pub(crate) async fn list_agents(
     AxState(st): St,
     q: Result<Query<Page>, QueryRejection>,
@@ -177,7 +191,7 @@ pub(crate) async fn list_agents(
         )));
     }
     // Sorted by name, so `after` is a stable cursor while agents come and go.
-    let agents = st.server.agents();
+    let agents = selection(&st, page.selector.as_deref())?.agents();
     let rest = agents
         .iter()
         .filter(|a| page.after.as_deref().is_none_or(|after| a.name() > after));
@@ -223,6 +237,10 @@ pub(crate) async fn show_agent(
 pub(crate) struct CallParams {
     /// Milliseconds to wait for each agent (default: the server's).
     timeout_ms: Option<u64>,
+    /// For calls to many: only the agents this selector selects.
+    selector: Option<String>,
+    /// For calls to many: at most this many calls in flight at once.
+    concurrency: Option<usize>,
 }
 
 /// The request body as JSON; an empty body is `null`.
@@ -289,7 +307,7 @@ fn result_json(name: &str, result: Result<Box<RawValue>, Error>) -> Value {
     }
 }
 
-#[utoipa::path(post, path = "/v1/call/{action}", params(("action" = String, Path), ("timeout_ms" = Option<u64>, Query)), request_body(content = Value), responses((status = 200, description = "Per-agent results; with Accept: application/x-ndjson one AgentResult per line as each answers", body = Results), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/call/{action}", params(("action" = String, Path), ("timeout_ms" = Option<u64>, Query, description = "Milliseconds each agent gets"), ("selector" = Option<String>, Query, description = "Only the agents this selector selects (default: every agent)"), ("concurrency" = Option<usize>, Query, description = "At most this many calls in flight at once")), request_body(content = Value), responses((status = 200, description = "Per-agent results; with Accept: application/x-ndjson one AgentResult per line as each answers", body = Results), (status = 400, description = "BAD_REQUEST (selector)", body = ErrorBody), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
 pub(crate) async fn call_many(
     AxState(st): St,
     Path(action): Path<String>,
@@ -298,25 +316,23 @@ pub(crate) async fn call_many(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(q)?;
-    let body: Arc<RawValue> = Arc::from(json_body(body, st.config.max_body_bytes)?);
+    let body = json_body(body, st.config.max_body_bytes)?;
+    let selection = selection(&st, params.selector.as_deref())?;
     if st.server.is_stopped() {
         return Err(Error::Shutdown.into());
     }
-    let agents = st.server.agents();
-    if agents.is_empty() {
+    let mut each = selection.call_each::<_, Box<RawValue>>(&action, &*body)?;
+    if each.selected() == 0 {
+        // A mistyped selector is an error, as for `Selection::send_all`.
         return Err(Error::NoConnectedAgents.into());
     }
-    let timeout = params.timeout_ms.map(Duration::from_millis);
-    let calls: FuturesUnordered<_> = agents
-        .into_iter()
-        .map(|agent| {
-            let (body, action) = (Arc::clone(&body), action.clone());
-            async move {
-                let result = call_one(&agent, &action, &body, timeout).await;
-                result_json(agent.name(), result)
-            }
-        })
-        .collect();
+    if let Some(t) = params.timeout_ms {
+        each = each.timeout(Duration::from_millis(t));
+    }
+    if let Some(n) = params.concurrency {
+        each = each.concurrency(n);
+    }
+    let calls = each.map(|(name, result)| result_json(&name, result));
     let streamed = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -347,14 +363,18 @@ pub(crate) async fn notify_agent(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[utoipa::path(post, path = "/v1/notify/{action}", params(("action" = String, Path)), request_body(content = Value), responses((status = 200, body = Results), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/notify/{action}", params(("action" = String, Path), ("selector" = Option<String>, Query, description = "Only the agents this selector selects")), request_body(content = Value), responses((status = 200, body = Results), (status = 404, description = "NO_CONNECTED_AGENTS", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]
 pub(crate) async fn notify_many(
     AxState(st): St,
     Path(action): Path<String>,
+    q: Result<Query<Select>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let params = query(q)?;
     let body = json_body(body, st.config.max_body_bytes)?;
-    let sent = st.server.notify_all(&action, &*body).await?;
+    let sent = selection(&st, params.selector.as_deref())?
+        .notify(&action, &*body)
+        .await?;
     let results: Vec<Value> = sent
         .into_iter()
         .map(|(name, r)| match r {
@@ -363,6 +383,13 @@ pub(crate) async fn notify_many(
         })
         .collect();
     Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Select {
+    /// Only the agents this selector selects.
+    selector: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -36,8 +36,14 @@ impl Fixture {
 }
 
 async fn agent(server: &AgentServer, name: &str) -> AgentClient {
+    // Agents whose name ends in an odd digit are in group "odd".
+    let odd = name
+        .bytes()
+        .last()
+        .is_some_and(|b| b.is_ascii_digit() && (b - b'0') % 2 == 1);
     AgentClient::builder(&format!("ws://{}", server.local_addr()), SECRET)
         .name(name)
+        .label("group", if odd { "odd" } else { "even" })
         .meta("role", "test")
         .no_heartbeat()
         .on_hook("echo", |v: Value, _| async move { Ok::<_, HookError>(v) })
@@ -486,4 +492,85 @@ async fn the_openapi_description_lists_every_route() {
     );
     // It is behind the token like the rest.
     assert_eq!(get(&f.client(None), "/v1/openapi.json").await.0, 401);
+}
+
+#[tokio::test]
+async fn selectors_choose_the_agents_listed_called_and_notified() {
+    let f = fixture(&["a1", "a2", "a3", "a4"], config()).await;
+    let c = f.admin();
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a[if key == "agents" { "name" } else { "agent" }]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (status, page) = get(&c, "/v1/agents?selector=group%3Dodd").await;
+    assert_eq!(status, 200);
+    assert_eq!(names(&page, "agents"), ["a1", "a3"]);
+    assert_eq!(page["agents"][0]["labels"], json!({"group": "odd"}));
+    let (_, page) = get(&c, "/v1/agents?selector=group%3Deven&limit=1").await;
+    assert_eq!(
+        (names(&page, "agents"), page["next"].clone()),
+        (vec!["a2".to_owned()], json!("a2"))
+    );
+    let (_, page) = get(&c, "/v1/agents?selector=group%3Deven&limit=1&after=a2").await;
+    assert_eq!(names(&page, "agents"), ["a4"]);
+    let (_, page) = get(&c, "/v1/agents?selector=name%20in%20(a2%2Ca3)").await;
+    assert_eq!(names(&page, "agents"), ["a2", "a3"]);
+
+    let (status, body) = post(&c, "/v1/call/echo?selector=group%3Deven&concurrency=1", "5").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"results": [{"agent": "a2", "ok": 5}, {"agent": "a4", "ok": 5}]})
+    );
+    let mut lines = within(c.lines(
+        M::POST,
+        "/v1/call/echo?selector=group%3Dodd",
+        Some(b"6".to_vec()),
+        "application/x-ndjson",
+    ))
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while let Some(line) = within(lines.next_line()).await.unwrap() {
+        got.push(
+            serde_json::from_str::<Value>(&line).unwrap()["agent"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    got.sort();
+    assert_eq!(got, ["a1", "a3"]);
+
+    let (status, body) = post(&c, "/v1/call/echo?selector=group%3Dnone", "1").await;
+    assert_eq!((status, code(&body)), (404, "NO_CONNECTED_AGENTS"));
+    for bad in [
+        "/v1/call/echo?selector=%3D%3D",
+        "/v1/notify/echo?selector=a%20in%20()",
+    ] {
+        let (status, body) = post(&c, bad, "1").await;
+        assert_eq!((status, code(&body)), (400, "BAD_REQUEST"), "{bad}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("selector: "));
+    }
+    let (status, body) = get(&c, "/v1/agents?selector=%21").await;
+    assert_eq!((status, code(&body)), (400, "BAD_REQUEST"));
+
+    let (status, body) = post(&c, "/v1/notify/echo?selector=group%3Dodd", "1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"results": [{"agent": "a1", "sent": true}, {"agent": "a3", "sent": true}]})
+    );
 }

@@ -85,7 +85,7 @@ pub async fn run(args: AgentArgs) -> u8 {
         b = b.name(name);
     }
     for (k, v) in &args.labels {
-        b = b.meta(k, v.as_str());
+        b = b.label(k, v);
     }
     if let Some(store) = &args.store {
         b = b.store(agent_protocol::FileStore::new(store));

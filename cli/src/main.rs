@@ -63,18 +63,25 @@ enum Command {
     /// List or show connected agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Call an agent: `call NAME ACTION [JSON]`, or every agent with
-    /// `call --all ACTION [JSON]`.
+    /// Call an agent: `call NAME ACTION [JSON]`; or the agents a selector
+    /// selects, `call -l SELECTOR ACTION [JSON]` (`--all` for every agent),
+    /// results printed as each answers.
     Call {
         #[command(flatten)]
         api: ApiArgs,
-        /// Call every connected agent; results print as each answers.
+        /// Call the agents this selector selects, e.g. `role=web,region in (eu,us)`.
+        #[arg(short = 'l', long, conflicts_with = "all")]
+        selector: Option<String>,
+        /// Call every connected agent.
         #[arg(long)]
         all: bool,
+        /// With -l or --all: at most this many calls in flight at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
         /// Milliseconds to wait for each agent (default: the server's).
         #[arg(long)]
         timeout_ms: Option<u64>,
-        /// NAME ACTION [JSON] (ACTION [JSON] with --all).
+        /// NAME ACTION [JSON] (ACTION [JSON] with -l or --all).
         #[arg(num_args = 1..=3, required = true)]
         args: Vec<String>,
     },
@@ -123,6 +130,9 @@ enum AgentsCommand {
     Ls {
         #[command(flatten)]
         api: ApiArgs,
+        /// Only the agents this selector selects, e.g. `role=web`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
     },
     /// One agent, as JSON.
     Show {
@@ -182,14 +192,22 @@ async fn run(command: Command) -> u8 {
             exit::OK
         }
         Command::Agent(args) => agent::run(args).await,
-        Command::Agents(AgentsCommand::Ls { api }) => ops::list(&api).await,
+        Command::Agents(AgentsCommand::Ls { api, selector }) => {
+            ops::list(&api, selector.as_deref()).await
+        }
         Command::Agents(AgentsCommand::Show { api, name }) => ops::show(&api, &name).await,
         Command::Call {
             api,
+            selector,
             all,
+            concurrency,
             timeout_ms,
             args,
-        } => ops::call(&api, all, timeout_ms, &args).await,
+        } => {
+            // `--all` is the selector that selects every agent.
+            let many = selector.or_else(|| all.then(String::new));
+            ops::call(&api, many.as_deref(), concurrency, timeout_ms, &args).await
+        }
         Command::Kick { api, name, reason } => ops::kick(&api, &name, reason).await,
         Command::Revoke { api, name, reason } => ops::revoke(&api, &name, reason, true).await,
         Command::Unrevoke { api, name } => ops::revoke(&api, &name, None, false).await,

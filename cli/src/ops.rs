@@ -76,20 +76,23 @@ fn age(ms: u64) -> String {
     }
 }
 
-pub async fn list(api: &ApiArgs) -> u8 {
+pub async fn list(api: &ApiArgs, selector: Option<&str>) -> u8 {
     let mut rows = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let path = match &after {
-            Some(a) => format!("/v1/agents?after={}", segment(a)),
-            None => "/v1/agents".to_owned(),
-        };
+        let mut path = "/v1/agents?limit=1000".to_owned();
+        if let Some(sel) = selector {
+            path.push_str(&format!("&selector={}", segment(sel)));
+        }
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", segment(a)));
+        }
         let page = match request(api, M::GET, &path, None).await {
             Ok(r) => r.json(),
             Err(code) => return code,
         };
         for a in page["agents"].as_array().into_iter().flatten() {
-            let meta = a["meta"].as_object().map(|m| {
+            let labels = a["labels"].as_object().map(|m| {
                 m.iter()
                     .map(|(k, v)| match v {
                         Value::String(s) => format!("{k}={s}"),
@@ -102,7 +105,7 @@ pub async fn list(api: &ApiArgs) -> u8 {
                 a["name"].as_str().unwrap_or("").to_owned(),
                 a["peer_addr"].as_str().unwrap_or("").to_owned(),
                 age(a["connected_at_ms"].as_u64().unwrap_or(0)),
-                meta.unwrap_or_default(),
+                labels.unwrap_or_default(),
             ]);
         }
         match page["next"].as_str() {
@@ -110,7 +113,7 @@ pub async fn list(api: &ApiArgs) -> u8 {
             None => break,
         }
     }
-    let header = ["NAME", "PEER", "UP", "META"];
+    let header = ["NAME", "PEER", "UP", "LABELS"];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -158,13 +161,19 @@ fn body_arg(json_arg: Option<&String>) -> Result<Vec<u8>, u8> {
     }
 }
 
-pub async fn call(api: &ApiArgs, all: bool, timeout_ms: Option<u64>, args: &[String]) -> u8 {
-    let query = timeout_ms
+pub async fn call(
+    api: &ApiArgs,
+    selector: Option<&str>,
+    concurrency: Option<usize>,
+    timeout_ms: Option<u64>,
+    args: &[String],
+) -> u8 {
+    let mut query = timeout_ms
         .map(|t| format!("?timeout_ms={t}"))
         .unwrap_or_default();
-    if !all {
+    let Some(selector) = selector else {
         let (Some(name), Some(action)) = (args.first(), args.get(1)) else {
-            eprintln!("error: call NAME ACTION [JSON], or call --all ACTION [JSON]");
+            eprintln!("error: call NAME ACTION [JSON], or call -l SELECTOR ACTION [JSON]");
             return exit::USAGE;
         };
         let body = match body_arg(args.get(2)) {
@@ -183,10 +192,22 @@ pub async fn call(api: &ApiArgs, all: bool, timeout_ms: Option<u64>, args: &[Str
             }
             Err(code) => code,
         };
-    }
+    };
     if args.len() > 2 {
-        eprintln!("error: call --all ACTION [JSON]");
+        eprintln!("error: call -l SELECTOR ACTION [JSON] takes no agent name");
         return exit::USAGE;
+    }
+    for (key, value) in [
+        (
+            "selector",
+            (!selector.is_empty()).then(|| segment(selector)),
+        ),
+        ("concurrency", concurrency.map(|n| n.to_string())),
+    ] {
+        if let Some(value) = value {
+            query.push(if query.is_empty() { '?' } else { '&' });
+            query.push_str(&format!("{key}={value}"));
+        }
     }
     let action = &args[0];
     let body = match body_arg(args.get(1)) {

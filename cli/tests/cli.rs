@@ -187,6 +187,26 @@ fn operator_commands_against_a_running_fleet() {
         .collect();
     names.sort();
     assert_eq!(names, ["db1", "web1"]);
+    // A selector picks the agents, listed and called.
+    let web = f.run(&["agents", "ls", "-l", "role=web"]);
+    assert_eq!(web.status.code(), Some(0), "{}", stderr(&web));
+    let out = stdout(&web);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("web1"));
+    let db = f.run(&["call", "-l", "role in (db)", "--concurrency", "1", "ping"]);
+    assert_eq!(db.status.code(), Some(0), "{}", stderr(&db));
+    assert_eq!(stdout(&db).trim(), r#"{"agent":"db1","ok":"pong"}"#);
+    let none = f.run(&["call", "-l", "role=nothing", "ping"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        stderr(&none).contains("NO_CONNECTED_AGENTS"),
+        "{}",
+        stderr(&none)
+    );
+    let bad = f.run(&["call", "-l", "role in ()", "ping"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("BAD_REQUEST"), "{}", stderr(&bad));
+
     let partial = f.run(&["call", "--all", "nope"]);
     assert_eq!(partial.status.code(), Some(4));
 
