@@ -471,16 +471,20 @@ async fn attempt(
     // request fails alone instead of closing the link.
     config.peer_max_message_bytes =
         Some(usize::try_from(est.limits.max_message_bytes).unwrap_or(usize::MAX));
-    let (_link, server) = link::spawn_counted(
-        ws,
-        Role::Agent,
-        config,
-        Some(&est.session),
-        inner.hooks.clone(),
-        None,
-        Arc::clone(&inner.counters),
-        |link| ServerHandle::new(&name, link, timeout),
-    );
+    // The link's driver (and its hooks) log under the name this link got.
+    let span = tracing::info_span!("link", name = %name);
+    let (_link, server) = span.in_scope(|| {
+        link::spawn_counted(
+            ws,
+            Role::Agent,
+            config,
+            Some(&est.session),
+            inner.hooks.clone(),
+            None,
+            Arc::clone(&inner.counters),
+            |link| ServerHandle::new(&name, link, timeout),
+        )
+    });
     Ok((server, est.name, est.first_time))
 }
 
