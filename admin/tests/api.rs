@@ -574,3 +574,22 @@ async fn selectors_choose_the_agents_listed_called_and_notified() {
         json!({"results": [{"agent": "a1", "sent": true}, {"agent": "a3", "sent": true}]})
     );
 }
+
+#[test]
+fn debug_output_never_shows_a_token() {
+    let config = AdminConfig::new("full-secret-token").read_only_token("read-secret-token");
+    let client = Client::new("http://127.0.0.1:1", Some("client-secret-token".into())).unwrap();
+    let text = format!(
+        "{config:?} {client:?} {:?}",
+        agent_tunnel_admin::Token::new("tok-secret")
+    );
+    for secret in [
+        "full-secret-token",
+        "read-secret-token",
+        "client-secret-token",
+        "tok-secret",
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(text.contains("redacted"));
+}

@@ -19,9 +19,14 @@ struct Proc {
 
 impl Proc {
     fn spawn(cmd: &mut Command) -> Proc {
+        Proc::spawn_logging(cmd, Stdio::null())
+    }
+
+    /// Like `spawn`, with stderr (the log) going to `stderr`.
+    fn spawn_logging(cmd: &mut Command, stderr: Stdio) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn agent-tunnel");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -87,10 +92,14 @@ listen = "127.0.0.1:0"
 token = { file = "token.txt" }
 "#,
     );
-    let server = Proc::spawn(
+    // The server's log, to check that no secret reaches it.
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let server = Proc::spawn_logging(
         Command::new(BIN)
             .args(["serve", "--config"])
-            .arg(dir.path().join("config.toml")),
+            .arg(dir.path().join("config.toml"))
+            .env("RUST_LOG", "debug"),
+        Stdio::from(log),
     );
     let ws = server.line("agents: ");
     let api = server.line("api: ");
