@@ -29,6 +29,8 @@ fn top_level_protocol_members_are_type_checked_in_every_frame() {
         r#""bind":{}"#,
         r#""meta":"x""#,
         r#""labels":["region=eu"]"#,
+        r#""caps":"cancel""#,
+        r#""caps":[1]"#,
         r#""proof":1"#,
         r#""first_time":"no""#,
         r#""token":false"#,
