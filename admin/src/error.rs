@@ -7,6 +7,7 @@
 //! | `FORBIDDEN` (read-only token, changing route) | 403 |
 //! | `BAD_REQUEST` (query, selector or path not understood), `INVALID_MESSAGE` (body not JSON) | 400 |
 //! | `NOT_FOUND` (no such route), `UNKNOWN_AGENT`, `NO_CONNECTED_AGENTS` | 404 |
+//! | `METHOD_NOT_ALLOWED` | 405 |
 //! | `AGENT_NOT_CONNECTED` | 409 |
 //! | `REVOKED` | 410 |
 //! | `PAYLOAD_TOO_LARGE` | 413 |
@@ -34,6 +35,8 @@ pub mod api_codes {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// No such route.
     pub const NOT_FOUND: &str = "NOT_FOUND";
+    /// The route exists, not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
     /// The request body is larger than the limit.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 }
@@ -86,6 +89,14 @@ impl ApiError {
 
     pub(crate) fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, api_codes::NOT_FOUND, "no such route")
+    }
+
+    pub(crate) fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            api_codes::METHOD_NOT_ALLOWED,
+            "this route does not take that method",
+        )
     }
 
     pub(crate) fn too_large(limit: usize) -> Self {

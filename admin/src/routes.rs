@@ -48,6 +48,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/call/{action}", post(call_many))
         .route("/v1/notify/{action}", post(notify_many))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::auth::require_token,
@@ -62,6 +63,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "This description", body = Value), (status = 401, description = "UNAUTHORIZED", body = ErrorBody)))]

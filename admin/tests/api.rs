@@ -340,6 +340,10 @@ async fn info_stats_and_unknown_routes() {
     assert!(stats["handshake_failures"].is_object());
     let (status, body) = get(&c, "/v2/whatever").await;
     assert_eq!((status, code(&body)), (404, "NOT_FOUND"));
+    let (status, body) = get(&c, "/v1/call/echo").await;
+    assert_eq!((status, code(&body)), (405, "METHOD_NOT_ALLOWED"));
+    let (status, body) = post(&c, "/v1/stats", "").await;
+    assert_eq!((status, code(&body)), (405, "METHOD_NOT_ALLOWED"));
     f.server.shutdown().await;
     let (status, body) = get(&f.client(None), "/readyz").await;
     assert_eq!((status, body), (503, json!({"status": "stopping"})));
