@@ -2,7 +2,7 @@
 //! and for programs in any language.
 //!
 //! [`router`] returns an axum [`Router`](axum::Router) over an
-//! [`AgentServer`](agent_server::AgentServer): mount it into your own axum
+//! [`AgentServer`]: mount it into your own axum
 //! server, or run it with [`serve`]. The `agent-tunnel` binary does the
 //! latter. Layout: [`auth`] (bearer tokens), [`error`] (JSON errors and
 //! their HTTP statuses), `routes` (the handlers), [`metrics`] (Prometheus
