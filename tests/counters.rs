@@ -51,6 +51,9 @@ async fn calls_bytes_and_links_are_counted_on_both_sides() {
     assert_eq!(s.links_opened, 1);
     assert!(s.bytes_in > 0 && s.bytes_out > 0);
 
+    let stats = client.stats();
+    assert!(stats.connected);
+    assert_eq!((stats.pending_requests, stats.queued_bytes), (0, 0));
     let c = client.counters();
     assert_eq!(c.calls_in.get("OK"), Some(&2));
     assert_eq!(c.calls_in.get("UNKNOWN_ACTION"), Some(&1));
@@ -68,4 +71,5 @@ async fn calls_bytes_and_links_are_counted_on_both_sides() {
     })
     .await;
     assert_eq!(server.counters().calls_out, before.calls_out);
+    assert_eq!(client.stats(), agent_tunnel::client::ClientStats::default());
 }

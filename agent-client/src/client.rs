@@ -341,6 +341,31 @@ impl AgentClient {
         }
     }
 
+    /// A snapshot of the current link: connected, calls in flight either
+    /// way, running hooks and queued bytes (all zero without a link).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let s = client.stats();
+    /// println!("connected: {}, {} calls waiting", s.connected, s.pending_requests);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> crate::ClientStats {
+        match &*self.inner.state.borrow() {
+            State::Ready(server) => {
+                let link = server.link();
+                crate::ClientStats {
+                    connected: !link.is_closed(),
+                    pending_requests: link.pending_requests(),
+                    serving_requests: link.serving_requests(),
+                    running_hooks: link.running_hooks(),
+                    queued_bytes: link.queued_bytes(),
+                }
+            }
+            _ => crate::ClientStats::default(),
+        }
+    }
+
     /// Calls either way, bytes and links over every link this client has
     /// had since it started: see [`Counters`](agent_protocol::link::Counters).
     ///
