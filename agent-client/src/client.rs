@@ -58,6 +58,8 @@ struct Inner {
     stop: CancellationToken,
     /// Cancelled when the supervisor has finished.
     done: CancellationToken,
+    /// Calls and bytes over every link this client has had.
+    counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -197,6 +199,7 @@ impl AgentClient {
             default_timeout: b.default_timeout,
             stop: stop.clone(),
             done: CancellationToken::new(),
+            counters: Arc::default(),
         });
         let settings = Settings {
             endpoint,
@@ -388,6 +391,44 @@ impl AgentClient {
         }
     }
 
+    /// A snapshot of the current link: connected, calls in flight either
+    /// way, running hooks and queued bytes (all zero without a link).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let s = client.stats();
+    /// println!("connected: {}, {} calls waiting", s.connected, s.pending_requests);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> crate::ClientStats {
+        match &*self.inner.state.borrow() {
+            State::Ready(server) => {
+                let link = server.link();
+                crate::ClientStats {
+                    connected: !link.is_closed(),
+                    pending_requests: link.pending_requests(),
+                    serving_requests: link.serving_requests(),
+                    running_hooks: link.running_hooks(),
+                    queued_bytes: link.queued_bytes(),
+                }
+            }
+            _ => crate::ClientStats::default(),
+        }
+    }
+
+    /// Calls either way, bytes and links over every link this client has
+    /// had since it started: see [`Counters`](agent_protocol::link::Counters).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let c = client.counters();
+    /// println!("{} calls answered OK, {} bytes read", c.calls_in.get("OK").unwrap_or(&0), c.bytes_in);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
+    }
+
     /// Calls this client sent on its current link that still wait for a
     /// response (0 without a link).
     pub fn pending_requests(&self) -> usize {
@@ -505,15 +546,20 @@ async fn attempt(
     // request fails alone instead of closing the link.
     config.peer_max_message_bytes =
         Some(usize::try_from(est.limits.max_message_bytes).unwrap_or(usize::MAX));
-    let (_link, server) = link::spawn(
-        ws,
-        Role::Agent,
-        config,
-        Some(&est.session),
-        inner.hooks.clone(),
-        None,
-        |link| ServerHandle::new(&name, link, timeout),
-    );
+    // The link's driver (and its hooks) log under the name this link got.
+    let span = tracing::info_span!("link", name = %name);
+    let (_link, server) = span.in_scope(|| {
+        link::spawn_counted(
+            ws,
+            Role::Agent,
+            config,
+            Some(&est.session),
+            inner.hooks.clone(),
+            None,
+            Arc::clone(&inner.counters),
+            |link| ServerHandle::new(&name, link, timeout),
+        )
+    });
     Ok((server, est.name, est.first_time))
 }
 

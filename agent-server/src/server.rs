@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     handshakes: Arc<Handshakes>,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Calls, bytes and links over every link, the gone ones included.
+    pub(crate) counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -111,6 +113,8 @@ pub struct ServerStats {
     /// Hook tasks alive for agents' calls (hooks that did not finish at
     /// once). They end with their agent's link.
     pub running_hooks: usize,
+    /// Bytes of frames waiting to be written to agents, over every link.
+    pub queued_bytes: usize,
     /// Callers waiting for agents to connect ([`AgentServer::wait_for`],
     /// [`AgentServer::wait_for_count`], calls
     /// [`when_online`](crate::CallBuilder::when_online)).
@@ -253,6 +257,7 @@ impl AgentServer {
             probe_timeout: b.probe_timeout,
             handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
+            counters: Arc::default(),
         });
         let span = tracing::info_span!("agent_server", addr = %local_addr);
         // Tracked, so shutdown returns only once the port is released.
@@ -620,6 +625,12 @@ impl AgentServer {
         self.inner.names.is_revoked(name)
     }
 
+    /// True when the server has given `name` to an agent (connected or
+    /// not, revoked or not).
+    pub fn is_known(&self, name: &str) -> bool {
+        self.inner.names.is_known(name)
+    }
+
     /// Shuts down gracefully and returns once every connection has ended
     /// and the port is released.
     ///
@@ -684,8 +695,25 @@ impl AgentServer {
             pending_requests: live.iter().map(|a| a.link().pending_requests()).sum(),
             serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
             running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
+            queued_bytes: live.iter().map(|a| a.link().queued_bytes()).sum(),
             waiters: inner.registry.waiter_count(),
         }
+    }
+
+    /// Totals since the server started, over every link (the gone ones
+    /// included): calls either way by outcome code, call latency, bytes
+    /// read and written, and links opened (handshakes that succeeded; the
+    /// failed ones are [`AgentServer::handshake_failure_counts`]).
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) {
+    /// let c = server.counters();
+    /// let timeouts = c.calls_out.get("TIMEOUT").copied().unwrap_or(0);
+    /// println!("{} agents connected so far, {timeouts} calls timed out", c.links_opened);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
     }
 
     /// True once shutdown has begun.

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
+use super::counters::{self, Counters, Direction};
 use super::serving::{CallCtl, Cancelled};
 use super::stream::Outlet;
 use super::{Outbound, Shared};
@@ -274,10 +275,12 @@ where
 {
     if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
         let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
+        shared.counters.call(Direction::In, codes::SHUTDOWN);
         return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
     }
     if !crate::name::is_valid_action(action) {
         let invalid = HookError::invalid_message(crate::name::invalid_action(action));
+        shared.counters.call(Direction::In, codes::INVALID_MESSAGE);
         return Some(Outbound::Text(codec::encode_res(id, Err(&invalid))));
     }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
@@ -288,6 +291,7 @@ where
                 shared.config.max_in_flight
             ),
         );
+        shared.counters.call(Direction::In, codes::BUSY);
         return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
     let max_out = shared.max_out;
@@ -313,87 +317,83 @@ where
         if let std::task::Poll::Ready(result) = Pin::new(&mut work).poll(&mut cx) {
             shared.calls.first_done();
             drop(permit);
-            return Some(answer(id, &result, max_out));
+            return Some(answer(id, &result, max_out, &shared.counters));
         }
     }
-    {
-        {
-            let token = shared.calls.to_task(id);
-            if let Some(outlet) = &outlet {
-                outlet.set_token(token.clone());
-                shared.outlets.lock().insert(id, Arc::clone(outlet));
-            }
-            // Nobody waits past the caller's timeout, and nothing runs past
-            // this side's own cap.
-            let max = shared.config.max_hook_time;
-            let limit = timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
-            let deadline = crate::time::deadline_in(limit);
-            let owned = Arc::clone(shared);
-            let span = tracing::debug_span!("hook", id);
-            let task = async move {
-                let shared = &*owned;
-                // Leaves the table however the task ends.
-                let mut entry = Entry {
-                    shared,
-                    id,
-                    done: false,
-                };
-                let run = async move {
-                    let outcome = {
-                        let work = tokio::time::timeout_at(deadline, work);
-                        tokio::pin!(work);
-                        let mut watching = true;
-                        loop {
-                            tokio::select! {
-                                biased;
-                                outcome = &mut work => break Some(outcome),
-                                _ = token.cancelled(), if watching => {
-                                    if shared.calls.keeps(id) {
-                                        // It sees the cancel, and runs on.
-                                        watching = false;
-                                    } else {
-                                        break None;
-                                    }
-                                }
+    let token = shared.calls.to_task(id);
+    if let Some(outlet) = &outlet {
+        outlet.set_token(token.clone());
+        shared.outlets.lock().insert(id, Arc::clone(outlet));
+    }
+    // Nobody waits past the caller's timeout, and nothing runs past
+    // this side's own cap.
+    let max = shared.config.max_hook_time;
+    let limit = timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
+    let deadline = crate::time::deadline_in(limit);
+    let owned = Arc::clone(shared);
+    let span = tracing::debug_span!("hook", id);
+    let task = async move {
+        let shared = &*owned;
+        // Leaves the table however the task ends.
+        let mut entry = Entry {
+            shared,
+            id,
+            done: false,
+        };
+        let run = async move {
+            let outcome = {
+                let work = tokio::time::timeout_at(deadline, work);
+                tokio::pin!(work);
+                let mut watching = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        outcome = &mut work => break Some(outcome),
+                        _ = token.cancelled(), if watching => {
+                            if shared.calls.keeps(id) {
+                                // It sees the cancel, and runs on.
+                                watching = false;
+                            } else {
+                                break None;
                             }
                         }
-                        // A cancelled hook's future is dropped here.
-                    };
-                    entry.finish();
-                    if let Some(outlet) = &outlet {
-                        // Items queued so far go before the answer; none after.
-                        outlet.close().await;
                     }
-                    let result = match outcome {
-                        Some(Ok(result)) => result,
-                        Some(Err(_)) => Err(HookError::new(
-                            codes::TIMEOUT,
-                            format!("hook did not finish within {} ms", limit.as_millis()),
-                        )),
-                        None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
-                    };
-                    // Only the encoded answer waits for room.
-                    let frame = answer(id, &result, max_out);
-                    drop(result);
-                    // Wait for room rather than grow the queue; give up only
-                    // when the link ends (and then the answer has nowhere to go).
-                    let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
-                        return;
-                    };
-                    if shared.tx.send(frame).await.is_ok() {
-                        room.queued();
-                    }
-                    // Held until now, so answers waiting for room count
-                    // against `max_in_flight` too.
-                    drop(permit);
-                };
-                // The link's end drops the hook's future, wherever it is.
-                let _ = shared.end.run_until_cancelled(run).await;
+                }
+                // A cancelled hook's future is dropped here.
             };
-            shared.hook_tasks.spawn(task.instrument(span));
-            None
-        }
-    }
+            entry.finish();
+            if let Some(outlet) = &outlet {
+                // Items queued so far go before the answer; none after.
+                outlet.close().await;
+            }
+            let result = match outcome {
+                Some(Ok(result)) => result,
+                Some(Err(_)) => Err(HookError::new(
+                    codes::TIMEOUT,
+                    format!("hook did not finish within {} ms", limit.as_millis()),
+                )),
+                None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
+            };
+            // Only the encoded answer waits for room.
+            let frame = answer(id, &result, max_out, &shared.counters);
+            drop(result);
+            // Wait for room rather than grow the queue; give up only
+            // when the link ends (and then the answer has nowhere to go).
+            let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
+                return;
+            };
+            if shared.tx.send(frame).await.is_ok() {
+                room.queued();
+            }
+            // Held until now, so answers waiting for room count
+            // against `max_in_flight` too.
+            drop(permit);
+        };
+        // The link's end drops the hook's future, wherever it is.
+        let _ = shared.end.run_until_cancelled(run).await;
+    };
+    shared.hook_tasks.spawn(task.instrument(span));
+    None
 }
 
 /// A hook task's place in the link's table of cancellable requests.
@@ -508,7 +508,18 @@ fn note_failed(action: &str, error: Option<HookError>) {
 
 /// The `res` frame for a hook's result; `INVALID_MESSAGE` instead when it
 /// would be bigger than the peer accepts.
-fn answer(id: RequestId, result: &Result<Box<RawValue>, HookError>, max_out: usize) -> Outbound {
+fn answer(
+    id: RequestId,
+    result: &Result<Box<RawValue>, HookError>,
+    max_out: usize,
+    counters: &Counters,
+) -> Outbound {
+    counters.call(
+        Direction::In,
+        result
+            .as_ref()
+            .map_or_else(|e| e.code.as_str(), |_| counters::OK),
+    );
     let text = codec::encode_res(id, result.as_deref());
     if text.len() > max_out {
         let too_big = HookError::invalid_message(format!(

@@ -41,6 +41,7 @@
 
 mod budget;
 mod config;
+mod counters;
 mod driver;
 mod inbound;
 mod outgoing;
@@ -64,6 +65,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::*;
+pub use counters::{CounterSnapshot, Counters, Direction, CALL_LATENCY_BUCKETS};
 pub use outgoing::{CallHandle, Canceller};
 pub use stream::{CallStream, Event, ItemSink, StreamOptions, DEFAULT_CREDIT};
 
@@ -113,6 +115,8 @@ impl Outbound {
 
 pub(crate) struct Shared {
     config: LinkConfig,
+    /// Totals shared with the other links of this side.
+    pub(crate) counters: Arc<Counters>,
     /// Largest frame this side sends, before any signed envelope: what the
     /// peer accepts, less room for the envelope when frames are signed.
     pub(crate) max_out: usize,
@@ -387,11 +391,16 @@ impl LinkHandle {
                 Err(_) => Err(self.closed_error()),
             }
         };
-        match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange)
+            .await
+        {
             Ok(reply) => reply,
             Err(_) if cancel.is_some_and(CancellationToken::is_cancelled) => Err(Error::Cancelled),
             Err(_) => Err(Error::Timeout(timeout)),
-        }
+        };
+        self.shared.counters.call_out(&result, started.elapsed());
+        result
     }
 
     /// Sends a request whose result is streamed: the peer's handler sends
@@ -772,6 +781,28 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Clone + Send + Sync + 'static,
 {
+    let counters = Arc::default();
+    spawn_counted(ws, role, config, session, hooks, first, counters, make_peer)
+}
+
+/// Like [`spawn`], adding the link's calls and bytes to `counters`, which
+/// a side shares between all its links.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_counted<S, P>(
+    ws: WebSocketStream<S>,
+    role: Role,
+    config: LinkConfig,
+    session: Option<&Session>,
+    hooks: Hooks<P>,
+    first: Option<&Frame>,
+    counters: Arc<Counters>,
+    make_peer: impl FnOnce(LinkHandle) -> P,
+) -> (LinkHandle, P)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
+{
+    counters.opened();
     let (tx, rx) = mpsc::channel(config.write_queue.max(1));
     let budget = Budget::new(config.queued_bytes_limit());
     if let Some(frame) = first {
@@ -795,6 +826,7 @@ where
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
         config,
+        counters,
         pending: Pending::default(),
         tx,
         close_request: parking_lot::Mutex::new(None),
