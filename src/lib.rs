@@ -36,6 +36,6 @@ pub use agent_server as server;
 pub use agent_server::rustls;
 
 pub use agent_protocol::{
-    codes, Call, CallHandle, Canceller, Caps, CloseReason, Error, FileStore, HookError,
-    MemoryStore, NameStore,
+    codes, Call, CallHandle, CallStream, Canceller, Caps, CloseReason, Error, Event, FileStore,
+    HookError, ItemSink, MemoryStore, NameStore, StreamOptions,
 };

@@ -1062,12 +1062,20 @@ fn capability_frames_match_the_library() {
     assert_eq!(session.caps, caps);
     // No MAC covers caps: the frames are those of 14.2 plus the member.
     for (with, without, tail) in [
-        (&hello, v.get("hello_1"), r#","caps":["cancel","note"]}"#),
-        (&auth_text, v.get("auth_1"), r#","caps":["cancel","note"]}"#),
+        (
+            &hello,
+            v.get("hello_1"),
+            r#","caps":["cancel","note","stream"]}"#,
+        ),
+        (
+            &auth_text,
+            v.get("auth_1"),
+            r#","caps":["cancel","note","stream"]}"#,
+        ),
         (
             &welcome_text,
             v.get("welcome_1"),
-            r#","caps":["cancel","note"]}"#,
+            r#","caps":["cancel","note","stream"]}"#,
         ),
     ] {
         assert_eq!(
@@ -1094,4 +1102,32 @@ fn capability_frames_match_the_library() {
     let cancelled = agent_protocol::HookError::new(codes::CANCELLED, "cancelled by the caller");
     let res = codec::encode_res(6, Err(&cancelled));
     shown(&res, "the CANCELLED answer");
+
+    // 10.8: a streamed request, as the library encodes each frame.
+    let open = agent_protocol::StreamOpen { credit: 2 };
+    let req = codec::encode_req_stream_with(7, "count", Some(60_000), Some(open), |b| {
+        b.extend_from_slice(b"3");
+        Ok(())
+    })
+    .expect("encodes");
+    shown(&req, "the streamed req");
+    let body = |text: &'static str| {
+        move |b: &mut Vec<u8>| {
+            b.extend_from_slice(text.as_bytes());
+            Ok(())
+        }
+    };
+    shown(
+        &codec::encode_item_with("prog", 7, body(r#"{"of":3}"#)).expect("prog"),
+        "prog",
+    );
+    for i in ["0", "1", "2"] {
+        shown(
+            &codec::encode_item_with("item", 7, body(i)).expect("item"),
+            "item",
+        );
+    }
+    shown(&codec::encode_credit(7, 1), "credit");
+    let three = agent_protocol::RawValue::from_string("3".into()).expect("raw");
+    shown(&codec::encode_res(7, Ok(&three)), "the streamed res");
 }

@@ -12,7 +12,10 @@ use agent_protocol::link::{self, Role};
 use agent_protocol::relay::{RelayRequest, RELAY_ACTION};
 use agent_protocol::time::deadline_in;
 use agent_protocol::transport;
-use agent_protocol::{close, codes, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret};
+use agent_protocol::{
+    close, codes, CallStream, CloseReason, Error, Hooks, LinkConfig, NameStore, Secret,
+    StreamOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -56,6 +59,8 @@ struct Inner {
     stop: CancellationToken,
     /// Cancelled when the supervisor has finished.
     done: CancellationToken,
+    /// Calls and bytes over every link this client has had.
+    counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -195,6 +200,7 @@ impl AgentClient {
             default_timeout: b.default_timeout,
             stop: stop.clone(),
             done: CancellationToken::new(),
+            counters: Arc::default(),
         });
         let settings = Settings {
             endpoint,
@@ -260,6 +266,53 @@ impl AgentClient {
         let server = self.ready_by(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         server.link().call(action, body, left).await
+    }
+
+    /// Calls the server's hook `action` for a streamed result (see
+    /// [`LinkHandle::call_stream`]): its items and progress as they come,
+    /// then its result. Like [`AgentClient::send`], it waits for a
+    /// connection attempt under way (within the options' timeout) and fails
+    /// with `OFFLINE` without a link; `UNSUPPORTED` for a server without
+    /// the `stream` capability. The stream belongs to the link it was
+    /// opened on: if that link ends, it ends with `CONNECTION_CLOSED`.
+    ///
+    /// [`LinkHandle::call_stream`]: agent_protocol::LinkHandle::call_stream
+    ///
+    /// ```no_run
+    /// # async fn demo(client: agent_client::AgentClient) -> Result<(), agent_client::Error> {
+    /// use agent_protocol::{Event, StreamOptions};
+    /// use futures_util::StreamExt;
+    /// let opts = StreamOptions::new(std::time::Duration::from_secs(30));
+    /// let mut jobs = client.send_streaming::<_, String, ()>("jobs", &(), opts).await?;
+    /// while let Some(event) = jobs.next().await {
+    ///     if let Event::Item(job) = event? {
+    ///         println!("job {job}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_streaming<B, T, R>(
+        &self,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        let ready = match &*self.inner.state.borrow() {
+            State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
+            _ => None,
+        };
+        let server = match ready {
+            Some(server) => server,
+            None => {
+                let timeout = opts.whole_timeout();
+                let deadline = agent_protocol::time::deadline_in(timeout);
+                self.ready_by(deadline, timeout).await?
+            }
+        };
+        server.link().call_stream(action, body, opts).await
     }
 
     /// Calls hook `action` on agent `to`, relayed by the server, with the
@@ -389,6 +442,44 @@ impl AgentClient {
         }
     }
 
+    /// A snapshot of the current link: connected, calls in flight either
+    /// way, running hooks and queued bytes (all zero without a link).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let s = client.stats();
+    /// println!("connected: {}, {} calls waiting", s.connected, s.pending_requests);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> crate::ClientStats {
+        match &*self.inner.state.borrow() {
+            State::Ready(server) => {
+                let link = server.link();
+                crate::ClientStats {
+                    connected: !link.is_closed(),
+                    pending_requests: link.pending_requests(),
+                    serving_requests: link.serving_requests(),
+                    running_hooks: link.running_hooks(),
+                    queued_bytes: link.queued_bytes(),
+                }
+            }
+            _ => crate::ClientStats::default(),
+        }
+    }
+
+    /// Calls either way, bytes and links over every link this client has
+    /// had since it started: see [`Counters`](agent_protocol::link::Counters).
+    ///
+    /// ```no_run
+    /// # fn demo(client: agent_client::AgentClient) {
+    /// let c = client.counters();
+    /// println!("{} calls answered OK, {} bytes read", c.calls_in.get("OK").unwrap_or(&0), c.bytes_in);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
+    }
+
     /// Calls this client sent on its current link that still wait for a
     /// response (0 without a link).
     pub fn pending_requests(&self) -> usize {
@@ -506,15 +597,20 @@ async fn attempt(
     // request fails alone instead of closing the link.
     config.peer_max_message_bytes =
         Some(usize::try_from(est.limits.max_message_bytes).unwrap_or(usize::MAX));
-    let (_link, server) = link::spawn(
-        ws,
-        Role::Agent,
-        config,
-        Some(&est.session),
-        inner.hooks.clone(),
-        None,
-        |link| ServerHandle::new(&name, link, timeout),
-    );
+    // The link's driver (and its hooks) log under the name this link got.
+    let span = tracing::info_span!("link", name = %name);
+    let (_link, server) = span.in_scope(|| {
+        link::spawn_counted(
+            ws,
+            Role::Agent,
+            config,
+            Some(&est.session),
+            inner.hooks.clone(),
+            None,
+            Arc::clone(&inner.counters),
+            |link| ServerHandle::new(&name, link, timeout),
+        )
+    });
     Ok((server, est.name, est.first_time))
 }
 

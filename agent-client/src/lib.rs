@@ -55,6 +55,7 @@ mod dial;
 mod events;
 mod identity;
 mod peer;
+mod stats;
 mod tls;
 mod verdict;
 
@@ -63,6 +64,7 @@ pub use client::AgentClient;
 pub use config::ClientBuilder;
 pub use events::ClientEvent;
 pub use peer::ServerHandle;
+pub use stats::ClientStats;
 
 pub use agent_protocol::store::{StoreError, StoreFuture};
 

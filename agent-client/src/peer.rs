@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol::{CallHandle, Error, LinkHandle};
+use agent_protocol::{CallHandle, CallStream, Error, LinkHandle, StreamOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,6 +39,30 @@ impl ServerHandle {
         R: DeserializeOwned,
     {
         self.link.call(action, body, self.default_timeout).await
+    }
+
+    /// Calls the server's hook `action` for a streamed result (see
+    /// [`LinkHandle::call_stream`]), over the link the request came in on.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_client::ServerHandle) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::StreamOptions;
+    /// let stream = server
+    ///     .send_streaming::<_, u64, u64>("count", &10, StreamOptions::new(std::time::Duration::from_secs(5)))
+    ///     .await?;
+    /// let total = stream.outcome().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_streaming<B, T, R>(
+        &self,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.link.call_stream(action, body, opts).await
     }
 
     /// Calls the server's hook `action`, waiting at most `timeout`.

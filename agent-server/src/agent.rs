@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use agent_protocol::close;
 use agent_protocol::labels::Labels;
-use agent_protocol::{CallHandle, CloseReason, Error, LinkHandle};
+use agent_protocol::{CallHandle, CallStream, CloseReason, Error, LinkHandle, StreamOptions};
 use parking_lot::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -288,6 +288,37 @@ impl Agent {
     {
         self.send_timeout(action, body, self.0.info.default_timeout)
             .await
+    }
+
+    /// Calls the agent's hook `action` for a streamed result: its items
+    /// and progress as they come, then its result (see
+    /// [`LinkHandle::call_stream`]). `opts` sets the timeout and the
+    /// credit; `StreamOptions::new(timeout)` gives the defaults.
+    ///
+    /// ```no_run
+    /// # async fn demo(agent: agent_server::Agent) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::{Event, StreamOptions};
+    /// use futures_util::StreamExt;
+    /// let mut lines = agent
+    ///     .send_streaming::<_, String, u64>("tail", &"/var/log/app", StreamOptions::new(std::time::Duration::from_secs(60)))
+    ///     .await?;
+    /// while let Some(event) = lines.next().await {
+    ///     if let Event::Item(line) = event? {
+    ///         println!("{line}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_streaming<B, T, R>(
+        &self,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.0.link.call_stream(action, body, opts).await
     }
 
     /// Calls the agent's hook `action`, waiting at most `timeout`.

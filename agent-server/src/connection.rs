@@ -147,7 +147,12 @@ pub(crate) async fn serve(
     server: Arc<Inner>,
     slot: HandshakeSlot,
 ) {
-    let span = tracing::info_span!("agent", peer = %peer_addr, name = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "agent",
+        peer = %peer_addr,
+        name = tracing::field::Empty,
+        conn = tracing::field::Empty
+    );
     serve_inner(tcp, peer_addr, server, slot)
         .instrument(span)
         .await
@@ -329,13 +334,14 @@ async fn serve_inner(
         |name| server.names.is_revoked(name),
         ws,
         |ws| {
-            let (_link, agent) = link::spawn(
+            let (_link, agent) = link::spawn_counted(
                 ws,
                 Role::Server,
                 server.link.clone(),
                 Some(&session),
                 server.hooks.clone(),
                 Some(&welcome),
+                Arc::clone(&server.counters),
                 |link| Agent::new(info, link, registry),
             );
             agent
@@ -371,6 +377,8 @@ async fn serve_inner(
             return;
         }
     };
+    // The link's driver runs in this span too, so its lines carry both.
+    tracing::Span::current().record("conn", agent.connection_id());
     tracing::info!(first_time, "agent connected");
 
     // This task's future is as large as its largest state (the TLS and

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use agent_protocol::close;
 use agent_protocol::log_limit::LogLimit;
-use agent_protocol::{Error, Hooks, LinkConfig, NameFormat, Secret, Selector};
+use agent_protocol::{
+    CallStream, Error, Hooks, LinkConfig, NameFormat, Secret, Selector, StreamOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -67,6 +69,8 @@ pub(crate) struct Inner {
     handshakes: Arc<Handshakes>,
     /// Present when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Calls, bytes and links over every link, the gone ones included.
+    pub(crate) counters: Arc<agent_protocol::link::Counters>,
 }
 
 impl Inner {
@@ -111,6 +115,8 @@ pub struct ServerStats {
     /// Hook tasks alive for agents' calls (hooks that did not finish at
     /// once). They end with their agent's link.
     pub running_hooks: usize,
+    /// Bytes of frames waiting to be written to agents, over every link.
+    pub queued_bytes: usize,
     /// Callers waiting for agents to connect ([`AgentServer::wait_for`],
     /// [`AgentServer::wait_for_count`], calls
     /// [`when_online`](crate::CallBuilder::when_online)).
@@ -254,6 +260,7 @@ impl AgentServer {
             probe_timeout: b.probe_timeout,
             handshakes: Handshakes::new(b.max_handshakes, b.max_handshakes_per_ip),
             tls,
+            counters: Arc::default(),
         });
         crate::relay::install(&inner);
         let span = tracing::info_span!("agent_server", addr = %local_addr);
@@ -450,6 +457,42 @@ impl AgentServer {
         agent.send_timeout(action, body, timeout).await
     }
 
+    /// Calls hook `action` on one agent for a streamed result: its items
+    /// and progress as they come, then its result (see
+    /// [`Agent::send_streaming`](crate::Agent::send_streaming)). Fails at
+    /// once with `SHUTDOWN` once shutdown has begun, as
+    /// [`AgentServer::send_to`] does for an agent unknown or not connected,
+    /// and with `UNSUPPORTED` for an agent without the `stream` capability.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: agent_server::AgentServer) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::StreamOptions;
+    /// let total = server
+    ///     .send_to_streaming::<_, u64, u64>("A0001", "count", &10, StreamOptions::new(std::time::Duration::from_secs(5)))
+    ///     .await?
+    ///     .outcome()
+    ///     .await?;
+    /// # let _ = total;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_streaming<B, T, R>(
+        &self,
+        target: impl Into<Target>,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        if self.is_stopped() {
+            return Err(Error::Shutdown);
+        }
+        let target = target.into();
+        let agent = self.resolve(target.name())?;
+        agent.send_streaming(action, body, opts).await
+    }
+
     /// Calls hook `action` on every connected agent at once, with the default
     /// timeout, and returns each agent's own result by name: the same as
     /// `select(Selector::all()).send_all(…)`.
@@ -595,6 +638,12 @@ impl AgentServer {
         self.inner.names.is_revoked(name)
     }
 
+    /// True when the server has given `name` to an agent (connected or
+    /// not, revoked or not).
+    pub fn is_known(&self, name: &str) -> bool {
+        self.inner.names.is_known(name)
+    }
+
     /// Shuts down gracefully and returns once every connection has ended
     /// and the port is released.
     ///
@@ -659,8 +708,25 @@ impl AgentServer {
             pending_requests: live.iter().map(|a| a.link().pending_requests()).sum(),
             serving_requests: live.iter().map(|a| a.link().serving_requests()).sum(),
             running_hooks: live.iter().map(|a| a.link().running_hooks()).sum(),
+            queued_bytes: live.iter().map(|a| a.link().queued_bytes()).sum(),
             waiters: inner.registry.waiter_count(),
         }
+    }
+
+    /// Totals since the server started, over every link (the gone ones
+    /// included): calls either way by outcome code, call latency, bytes
+    /// read and written, and links opened (handshakes that succeeded; the
+    /// failed ones are [`AgentServer::handshake_failure_counts`]).
+    ///
+    /// ```no_run
+    /// # fn demo(server: agent_server::AgentServer) {
+    /// let c = server.counters();
+    /// let timeouts = c.calls_out.get("TIMEOUT").copied().unwrap_or(0);
+    /// println!("{} agents connected so far, {timeouts} calls timed out", c.links_opened);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> agent_protocol::link::CounterSnapshot {
+        self.inner.counters.snapshot()
     }
 
     /// True once shutdown has begun.

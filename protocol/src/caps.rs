@@ -18,13 +18,17 @@ use std::fmt;
 /// assert_eq!(theirs, Caps::NOTE);
 /// let agreed = Caps::SUPPORTED.intersect(theirs);
 /// assert!(agreed.contains(Caps::NOTE) && !agreed.contains(Caps::CANCEL));
-/// assert_eq!(Caps::SUPPORTED.names(), ["cancel", "note"]);
+/// assert_eq!(Caps::SUPPORTED.names(), ["cancel", "note", "stream"]);
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Caps(u8);
 
 /// Each known capability with its wire name, in the order they are sent.
-const NAMES: [(Caps, &str); 2] = [(Caps::CANCEL, "cancel"), (Caps::NOTE, "note")];
+const NAMES: [(Caps, &str); 3] = [
+    (Caps::CANCEL, "cancel"),
+    (Caps::NOTE, "note"),
+    (Caps::STREAM, "stream"),
+];
 
 impl Caps {
     /// No capability: a protocol v1 peer that announces none.
@@ -35,8 +39,13 @@ impl Caps {
     /// `"note"`: the peer serves `note {action, body}`, fire-and-forget
     /// (`docs/PROTOCOL.md` 5.7).
     pub const NOTE: Caps = Caps(2);
+    /// `"stream"`: the peer serves `req.stream` with `item`, `prog` and
+    /// `credit` frames, and takes them as a caller (`docs/PROTOCOL.md`
+    /// 5.11). A side announces it only together with `"cancel"`: dropping
+    /// a stream cancels its request.
+    pub const STREAM: Caps = Caps(4);
     /// Everything this implementation supports, which both sides announce.
-    pub const SUPPORTED: Caps = Caps(Caps::CANCEL.0 | Caps::NOTE.0);
+    pub const SUPPORTED: Caps = Caps(Caps::CANCEL.0 | Caps::NOTE.0 | Caps::STREAM.0);
 
     /// The capabilities among `names` that this implementation knows; the
     /// others are ignored.
@@ -103,6 +112,9 @@ mod tests {
         assert_eq!(Caps::from_names(["cancel", "cancel", "x"]), Caps::CANCEL);
         assert_eq!(Caps::from_names(Vec::<String>::new()), Caps::NONE);
         assert!(Caps::NONE.is_empty() && Caps::NONE.to_wire().is_empty());
-        assert_eq!(format!("{:?}", Caps::SUPPORTED), r#"{"cancel", "note"}"#);
+        assert_eq!(
+            format!("{:?}", Caps::SUPPORTED),
+            r#"{"cancel", "note", "stream"}"#
+        );
     }
 }

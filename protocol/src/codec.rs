@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::frame::{
-    Auth, Cancel, Frame, Hello, HookError, Limits, Note, Outcome, Prog, Reject, Req, RequestId,
-    Res, Welcome,
+    Auth, Cancel, Credit, Frame, Hello, HookError, Item, Limits, Note, Outcome, Prog, Reject, Req,
+    RequestId, Res, StreamOpen, Welcome,
 };
 
 /// Why a text message is not a valid frame.
@@ -72,6 +72,8 @@ struct Flat<'a> {
     ok: Option<&'a RawValue>,
     err: Option<HookError>,
     caps: Option<Vec<String>>,
+    stream: Option<StreamOpen>,
+    n: Option<u32>,
 }
 
 /// Longest decode error text: serde's messages quote the input (a string
@@ -127,6 +129,7 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
             action: need(f.action, "req", "action")?,
             body: owned_body(f.body),
             timeout_ms: f.timeout_ms,
+            stream: f.stream,
             from: f.from,
         }),
         "res" => {
@@ -179,6 +182,14 @@ pub fn decode_general(text: &str) -> Result<Frame, DecodeError> {
         "prog" => Frame::Prog(Prog {
             id: need(f.id, "prog", "id")?,
             body: owned_body(f.body),
+        }),
+        "item" => Frame::Item(Item {
+            id: need(f.id, "item", "id")?,
+            body: owned_body(f.body),
+        }),
+        "credit" => Frame::Credit(Credit {
+            id: need(f.id, "credit", "id")?,
+            n: need(f.n, "credit", "n")?,
         }),
         other => return Err(DecodeError::UnknownType(other.chars().take(64).collect())),
     };
@@ -275,6 +286,7 @@ fn decode_call(text: &str) -> Option<Frame> {
             action: action.to_owned(),
             body: body.to_owned(),
             timeout_ms,
+            stream: None,
             from: None,
         }),
         CallRef::Ok { id, body } => Frame::Res(Res {
@@ -360,7 +372,7 @@ pub fn encode_req_with(
     timeout_ms: Option<u64>,
     write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
 ) -> Result<String, serde_json::Error> {
-    encode_req_from(id, action, timeout_ms, None, write_body)
+    encode_req_parts(id, action, timeout_ms, None, None, write_body)
 }
 
 /// [`encode_req_with`] with the optional `from` member of a relayed call,
@@ -369,6 +381,39 @@ pub fn encode_req_from(
     id: RequestId,
     action: &str,
     timeout_ms: Option<u64>,
+    from: Option<&str>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    encode_req_parts(id, action, timeout_ms, None, from, write_body)
+}
+
+/// [`encode_req_with`] for a request that may ask for a streamed result.
+///
+/// ```
+/// use agent_protocol::{codec, StreamOpen};
+/// let text = codec::encode_req_stream_with(3, "tail", None, Some(StreamOpen { credit: 32 }), |b| {
+///     b.extend_from_slice(b"null");
+///     Ok(())
+/// })
+/// .unwrap();
+/// assert_eq!(text, r#"{"t":"req","id":3,"action":"tail","body":null,"stream":{"credit":32}}"#);
+/// ```
+pub fn encode_req_stream_with(
+    id: RequestId,
+    action: &str,
+    timeout_ms: Option<u64>,
+    stream: Option<StreamOpen>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    encode_req_parts(id, action, timeout_ms, stream, None, write_body)
+}
+
+/// A `req` with every optional member: `stream`, then `from`.
+fn encode_req_parts(
+    id: RequestId,
+    action: &str,
+    timeout_ms: Option<u64>,
+    stream: Option<StreamOpen>,
     from: Option<&str>,
     write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
 ) -> Result<String, serde_json::Error> {
@@ -383,6 +428,11 @@ pub fn encode_req_from(
         buf.extend_from_slice(br#","timeout_ms":"#);
         push_u64(&mut buf, ms);
     }
+    if let Some(open) = stream {
+        buf.extend_from_slice(br#","stream":{"credit":"#);
+        push_u64(&mut buf, u64::from(open.credit));
+        buf.push(b'}');
+    }
     if let Some(from) = from {
         buf.extend_from_slice(br#","from":"#);
         push_json_str(&mut buf, from);
@@ -393,8 +443,18 @@ pub fn encode_req_from(
 
 /// Encodes a `req` frame around a body that is JSON already.
 pub fn encode_req(id: RequestId, action: &str, body: &RawValue, timeout_ms: Option<u64>) -> String {
+    encode_req_stream(id, action, body, timeout_ms, None)
+}
+
+fn encode_req_stream(
+    id: RequestId,
+    action: &str,
+    body: &RawValue,
+    timeout_ms: Option<u64>,
+    stream: Option<StreamOpen>,
+) -> String {
     let raw = body.get().as_bytes();
-    encode_req_with(id, action, timeout_ms, |buf| {
+    encode_req_stream_with(id, action, timeout_ms, stream, |buf| {
         buf.extend_from_slice(raw);
         Ok(())
     })
@@ -473,16 +533,66 @@ pub fn encode_cancel(id: RequestId) -> String {
     text
 }
 
+/// Encodes an `item` (`kind` `"item"`) or `prog` (`kind` `"prog"`) frame
+/// whose body `write_body` writes in place.
+///
+/// ```
+/// use agent_protocol::codec;
+/// let text = codec::encode_item_with("item", 4, |b| {
+///     b.extend_from_slice(b"[1,2]");
+///     Ok(())
+/// })
+/// .unwrap();
+/// assert_eq!(text, r#"{"t":"item","id":4,"body":[1,2]}"#);
+/// ```
+pub fn encode_item_with(
+    kind: &str,
+    id: RequestId,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    let mut buf = Vec::with_capacity(48);
+    buf.extend_from_slice(br#"{"t":"#);
+    push_json_str(&mut buf, kind);
+    buf.extend_from_slice(br#","id":"#);
+    push_u64(&mut buf, id);
+    buf.extend_from_slice(br#","body":"#);
+    write_body(&mut buf)?;
+    buf.push(b'}');
+    into_text(buf).map_err(serde::ser::Error::custom)
+}
+
+/// Encodes a `credit` frame.
+///
+/// ```
+/// assert_eq!(agent_protocol::codec::encode_credit(4, 16), r#"{"t":"credit","id":4,"n":16}"#);
+/// ```
+pub fn encode_credit(id: RequestId, n: u32) -> String {
+    let mut text = String::with_capacity(40);
+    text.push_str(r#"{"t":"credit","id":"#);
+    text.push_str(itoa::Buffer::new().format(id));
+    text.push_str(r#","n":"#);
+    text.push_str(itoa::Buffer::new().format(n));
+    text.push('}');
+    text
+}
+
 /// Encodes a frame as the text of one WebSocket message.
 pub fn encode(frame: &Frame) -> String {
     // The two frames of every call take the direct path.
     match frame {
         Frame::Req(r) => {
             let raw = r.body.get().as_bytes();
-            return encode_req_from(r.id, &r.action, r.timeout_ms, r.from.as_deref(), |buf| {
-                buf.extend_from_slice(raw);
-                Ok(())
-            })
+            return encode_req_parts(
+                r.id,
+                &r.action,
+                r.timeout_ms,
+                r.stream,
+                r.from.as_deref(),
+                |buf| {
+                    buf.extend_from_slice(raw);
+                    Ok(())
+                },
+            )
             .unwrap_or_default();
         }
         Frame::Res(r) => {
@@ -611,6 +721,7 @@ mod tests {
             action: "echo".into(),
             body: raw(r#"{"a": [1, 2.5, "x"]}"#),
             timeout_ms: Some(1500),
+            stream: None,
             from: None,
         });
         let text = encode(&f);
@@ -643,6 +754,7 @@ mod tests {
                 action: "plain".into(),
                 body: raw("null"),
                 timeout_ms: None,
+                stream: None,
                 from: None,
             },
             Req {
@@ -650,6 +762,7 @@ mod tests {
                 action: "quote\"back\\slash\u{1}é\u{7f}".into(),
                 body: raw(r#"{"a":[1,"x"]}"#),
                 timeout_ms: Some(30_000),
+                stream: Some(StreamOpen { credit: 32 }),
                 from: Some("A0001".into()),
             },
         ];

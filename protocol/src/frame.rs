@@ -43,8 +43,14 @@ pub enum Frame {
     Note(Note),
     /// Cancels a request in flight (capability `cancel`).
     Cancel(Cancel),
-    /// Progress of a request in flight (reserved; ignored in v1).
+    /// Progress of a request in flight (capability `stream`; ignored for
+    /// a request that did not ask to stream).
     Prog(Prog),
+    /// One item of a streamed result (capability `stream`).
+    Item(Item),
+    /// More credit for a streamed result, from its caller (capability
+    /// `stream`).
+    Credit(Credit),
 }
 
 impl Frame {
@@ -60,6 +66,8 @@ impl Frame {
             Frame::Note(_) => "note",
             Frame::Cancel(_) => "cancel",
             Frame::Prog(_) => "prog",
+            Frame::Item(_) => "item",
+            Frame::Credit(_) => "credit",
         }
     }
 }
@@ -213,10 +221,46 @@ pub struct Req {
     /// How long the caller waits; the callee may stop working after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Present when the caller asks for a streamed result (capability
+    /// `stream`, `docs/PROTOCOL.md` 5.11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamOpen>,
     /// Server → agent only: the agent whose call the server relays (see
     /// [`Call::relayed_from`](crate::Call::relayed_from)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+}
+
+/// `req.stream {credit}`: the caller takes a streamed result and grants
+/// the first `credit` items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOpen {
+    /// Items the callee may send before it waits for a `credit` frame,
+    /// 1 to [`MAX_CREDIT`].
+    pub credit: u32,
+}
+
+/// Most credit a stream may hold at once: more is a protocol violation
+/// (close 4000).
+pub const MAX_CREDIT: u32 = 65_536;
+
+/// `item {id, body}`: one item of the streamed result of request `id`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// The request the item belongs to.
+    pub id: RequestId,
+    /// The item.
+    pub body: Box<RawValue>,
+}
+
+/// `credit {id, n}`: the caller of streamed request `id` takes `n` more
+/// items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// The streamed request.
+    pub id: RequestId,
+    /// Items granted, at least 1.
+    pub n: u32,
 }
 
 /// `res {id, ok}` or `res {id, err}`.
@@ -256,7 +300,7 @@ pub struct Cancel {
     pub id: RequestId,
 }
 
-/// `prog {id, body}` (reserved).
+/// `prog {id, body}`: progress of streamed request `id`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prog {
     /// The request this reports progress on.

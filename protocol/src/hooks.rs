@@ -139,6 +139,42 @@ impl<P> Call<P> {
     pub fn keep_running(&self) {
         self.ctl.keep_running();
     }
+
+    /// True when the caller takes a streamed result (it called
+    /// `call_stream` / `send_streaming`): items sent through
+    /// [`Call::stream`] and progress reach it.
+    pub fn is_streaming(&self) -> bool {
+        self.ctl.outlet().is_some()
+    }
+
+    /// Reports progress to a caller that takes a streamed result, as one
+    /// `prog` frame: fire-and-forget. Returns false when nothing was sent:
+    /// the caller made a plain call (progress is dropped for those), the
+    /// link's queue is full (progress is dropped rather than waited for;
+    /// the caller also keeps only the latest value it has not yet
+    /// yielded), the value does not serialize, or the request has ended.
+    ///
+    /// ```no_run
+    /// # use agent_protocol::{Hooks, HookError};
+    /// # let hooks: Hooks<()> = Hooks::new();
+    /// hooks.on_hook("build", |_: (), call| async move {
+    ///     for pct in [0, 50, 100] {
+    ///         call.progress(&serde_json::json!({ "pct": pct }));
+    ///     }
+    ///     Ok::<_, HookError>("built")
+    /// });
+    /// ```
+    pub fn progress<T: serde::Serialize + ?Sized>(&self, value: &T) -> bool {
+        crate::link::stream::progress(self.ctl.outlet(), value)
+    }
+
+    /// The sink for the items of this call's streamed result, each of type
+    /// `T` (see [`ItemSink`](crate::ItemSink)). For a caller that made a
+    /// plain call the sink discards items, and that caller gets only the
+    /// final result.
+    pub fn stream<T: serde::Serialize + ?Sized>(&self) -> crate::ItemSink<T> {
+        crate::ItemSink::new(self.ctl.outlet().cloned())
+    }
 }
 
 /// The result of one handler: `Ok(None)` is an empty result.

@@ -52,9 +52,13 @@ pub use close::CloseReason;
 pub use crypto::Secret;
 pub use error::{codes, Error, HookError, Result};
 pub use frame::{Frame, SUBPROTOCOL};
+pub use frame::{StreamOpen, MAX_CREDIT};
 pub use hooks::{handler, Call, Handler, Hooks};
 pub use labels::{LabelError, Labels};
-pub use link::{CallHandle, Canceller, LinkConfig, LinkHandle, Role};
+pub use link::{
+    CallHandle, CallStream, Canceller, Event, ItemSink, LinkConfig, LinkHandle, Role,
+    StreamOptions, DEFAULT_CREDIT,
+};
 pub use name::NameFormat;
 pub use selector::{Selector, SelectorError};
 pub use store::{FileStore, MemoryStore, NameStore};

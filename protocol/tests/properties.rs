@@ -198,15 +198,19 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             text(),
             body(),
             prop::option::of(any::<u64>()),
+            prop::option::of(any::<u32>()),
             prop::option::of(text())
         )
-            .prop_map(|(id, action, body, timeout_ms, from)| Frame::Req(Req {
-                id,
-                action,
-                body,
-                timeout_ms,
-                from
-            })),
+            .prop_map(
+                |(id, action, body, timeout_ms, credit, from)| Frame::Req(Req {
+                    id,
+                    action,
+                    body,
+                    timeout_ms,
+                    stream: credit.map(|credit| agent_protocol::StreamOpen { credit }),
+                    from
+                })
+            ),
         (any::<u64>(), body()).prop_map(|(id, b)| Frame::Res(Res {
             id,
             outcome: Outcome::Ok(b)
@@ -253,6 +257,7 @@ fn assert_same(want: &Frame, got: &Frame) -> Result<(), TestCaseError> {
             prop_assert_eq!(&a.action, &b.action);
             prop_assert_eq!(a.body.get(), b.body.get());
             prop_assert_eq!(a.timeout_ms, b.timeout_ms);
+            prop_assert_eq!(a.stream, b.stream);
         }
         (Frame::Res(a), Frame::Res(b)) => {
             prop_assert_eq!(a.id, b.id);

@@ -199,6 +199,7 @@ pub(crate) async fn run<S, P>(
             }
             // One subtraction per round, not per frame.
             shared.budget.release(written);
+            shared.counters.wrote(written);
             if let Some(e) = failed {
                 return Poll::Ready(Event::WriteFailed(e));
             }
@@ -306,6 +307,7 @@ pub(crate) async fn run<S, P>(
                         break Ending::Gone;
                     }
                     Some(Ok(Message::Text(text))) => {
+                        shared.counters.read(text.len());
                         inbound::on_text(text.as_str(), &shared, &mut verifier, &hooks, &peer)
                     }
                     Some(Ok(Message::Binary(_))) => Err((

@@ -16,13 +16,16 @@ use std::pin::Pin;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tracing::Instrument;
 
+use super::counters::{self, Counters, Direction};
 use super::serving::{CallCtl, Cancelled};
+use super::stream::Outlet;
 use super::{Outbound, Shared};
+use crate::caps::Caps;
 use crate::close::{self, CloseReason};
 use crate::codec;
 use crate::codec::CallRef;
 use crate::error::{codes, Error, HookError};
-use crate::frame::{Frame, Outcome, RequestId, Res};
+use crate::frame::{Frame, Outcome, RequestId, Res, StreamOpen, MAX_CREDIT};
 use crate::hooks::Hooks;
 use crate::log_limit::{clip, LogLimit};
 use crate::signed::Verifier;
@@ -109,7 +112,7 @@ where
             timeout_ms,
         }) => {
             return Ok(serve(
-                id, action, body, timeout_ms, None, shared, hooks, peer,
+                id, action, body, timeout_ms, None, None, shared, hooks, peer,
             ))
         }
         Some(CallRef::Ok { id, body }) => {
@@ -137,16 +140,56 @@ where
             complete(shared, id, reply);
             Ok(None)
         }
-        Frame::Req(r) => Ok(serve(
-            r.id,
-            &r.action,
-            &r.body,
-            r.timeout_ms,
-            r.from.as_deref(),
-            shared,
-            hooks,
-            peer,
-        )),
+        Frame::Req(r) => {
+            if let Some(open) = r.stream {
+                if !shared.peer_caps.contains(Caps::STREAM) {
+                    return Err((
+                        close::PROTOCOL_ERROR,
+                        "req.stream without the `stream` capability".into(),
+                    ));
+                }
+                if open.credit == 0 || open.credit > MAX_CREDIT {
+                    return Err((
+                        close::PROTOCOL_ERROR,
+                        format!(
+                            "req.stream.credit of {} is not 1 to {MAX_CREDIT}",
+                            open.credit
+                        ),
+                    ));
+                }
+            }
+            Ok(serve(
+                r.id,
+                &r.action,
+                &r.body,
+                r.timeout_ms,
+                r.stream,
+                r.from.as_deref(),
+                shared,
+                hooks,
+                peer,
+            ))
+        }
+        Frame::Item(i) => {
+            shared
+                .pending
+                .item(i.id, i.body)
+                .map_err(|e| (close::PROTOCOL_ERROR, e))?;
+            Ok(None)
+        }
+        Frame::Credit(c) => {
+            let outlet = shared.outlets.lock().get(&c.id).cloned();
+            match outlet {
+                Some(outlet) => outlet.grant(c.n).map_err(|e| (close::PROTOCOL_ERROR, e))?,
+                // Late (the request was answered meanwhile) or unknown:
+                // credit for nothing changes nothing.
+                None if c.n == 0 => {
+                    return Err((close::PROTOCOL_ERROR, "credit of 0".into()));
+                }
+                None => {}
+            }
+            Ok(None)
+        }
         Frame::Note(n) => {
             serve_note(&n.action, &n.body, shared, hooks, peer);
             Ok(None)
@@ -155,9 +198,17 @@ where
             cancel(shared, c.id);
             Ok(None)
         }
-        Frame::Prog(_) => {
-            if let Some(suppressed) = STRAY_FRAMES.allow() {
-                tracing::debug!(kind = frame.kind(), suppressed, "reserved frame ignored");
+        Frame::Prog(p) => {
+            // Progress is advisory: for a request that is not streamed (or
+            // has ended) it is ignored, as protocol v1 said of `prog`.
+            if !shared.pending.progress(p.id, p.body) {
+                if let Some(suppressed) = STRAY_FRAMES.allow() {
+                    tracing::debug!(
+                        id = p.id,
+                        suppressed,
+                        "prog for no streamed request ignored"
+                    );
+                }
             }
             Ok(None)
         }
@@ -216,6 +267,7 @@ fn serve<P>(
     action: &str,
     body: &RawValue,
     timeout_ms: Option<u64>,
+    stream: Option<StreamOpen>,
     from: Option<&str>,
     shared: &Arc<Shared>,
     hooks: &Hooks<P>,
@@ -226,10 +278,12 @@ where
 {
     if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
         let shutdown = HookError::new(codes::SHUTDOWN, "shutting down: no new requests");
+        shared.counters.call(Direction::In, codes::SHUTDOWN);
         return Some(Outbound::Text(codec::encode_res(id, Err(&shutdown))));
     }
     if !crate::name::is_valid_action(action) {
         let invalid = HookError::invalid_message(crate::name::invalid_action(action));
+        shared.counters.call(Direction::In, codes::INVALID_MESSAGE);
         return Some(Outbound::Text(codec::encode_res(id, Err(&invalid))));
     }
     let Ok(permit) = Arc::clone(&shared.serving).try_acquire_owned() else {
@@ -240,91 +294,109 @@ where
                 shared.config.max_in_flight
             ),
         );
+        shared.counters.call(Direction::In, codes::BUSY);
         return Some(Outbound::Text(codec::encode_res(id, Err(&busy))));
     };
     let max_out = shared.max_out;
-    let ctl = shared.calls.first_poll(id);
+    let outlet = match stream {
+        Some(open) => {
+            if shared.outlets.lock().contains_key(&id) {
+                let dup = HookError::invalid_message(format!("request {id} is streaming already"));
+                return Some(Outbound::Text(codec::encode_res(id, Err(&dup))));
+            }
+            Some(Arc::new(Outlet::new(shared, id, open.credit)))
+        }
+        None => None,
+    };
+    let ctl = shared.calls.first_poll(id, outlet.clone());
     let mut work = hooks.start_with(action, body, peer.clone(), ctl, from);
     // Most hooks finish without waiting: answer those here and spare a task.
     // A hook that waits goes on in its own task, so it never holds up the
-    // link or any other request.
-    let waker = futures_util::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    match Pin::new(&mut work).poll(&mut cx) {
-        std::task::Poll::Ready(result) => {
+    // link or any other request. A streamed request always gets a task: its
+    // answer must follow its items through the queue.
+    if outlet.is_none() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(result) = Pin::new(&mut work).poll(&mut cx) {
             shared.calls.first_done();
             drop(permit);
-            Some(answer(id, &result, max_out))
-        }
-        std::task::Poll::Pending => {
-            let token = shared.calls.to_task(id);
-            // Nobody waits past the caller's timeout, and nothing runs past
-            // this side's own cap.
-            let max = shared.config.max_hook_time;
-            let limit = timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
-            let deadline = crate::time::deadline_in(limit);
-            let owned = Arc::clone(shared);
-            let span = tracing::debug_span!("hook", id);
-            let task = async move {
-                let shared = &*owned;
-                // Leaves the table however the task ends.
-                let mut entry = Entry {
-                    shared,
-                    id,
-                    done: false,
-                };
-                let run = async move {
-                    let outcome = {
-                        let work = tokio::time::timeout_at(deadline, work);
-                        tokio::pin!(work);
-                        let mut watching = true;
-                        loop {
-                            tokio::select! {
-                                biased;
-                                outcome = &mut work => break Some(outcome),
-                                _ = token.cancelled(), if watching => {
-                                    if shared.calls.keeps(id) {
-                                        // It sees the cancel, and runs on.
-                                        watching = false;
-                                    } else {
-                                        break None;
-                                    }
-                                }
-                            }
-                        }
-                        // A cancelled hook's future is dropped here.
-                    };
-                    entry.finish();
-                    let result = match outcome {
-                        Some(Ok(result)) => result,
-                        Some(Err(_)) => Err(HookError::new(
-                            codes::TIMEOUT,
-                            format!("hook did not finish within {} ms", limit.as_millis()),
-                        )),
-                        None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
-                    };
-                    // Only the encoded answer waits for room.
-                    let frame = answer(id, &result, max_out);
-                    drop(result);
-                    // Wait for room rather than grow the queue; give up only
-                    // when the link ends (and then the answer has nowhere to go).
-                    let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
-                        return;
-                    };
-                    if shared.tx.send(frame).await.is_ok() {
-                        room.queued();
-                    }
-                    // Held until now, so answers waiting for room count
-                    // against `max_in_flight` too.
-                    drop(permit);
-                };
-                // The link's end drops the hook's future, wherever it is.
-                let _ = shared.end.run_until_cancelled(run).await;
-            };
-            shared.hook_tasks.spawn(task.instrument(span));
-            None
+            return Some(answer(id, &result, max_out, &shared.counters));
         }
     }
+    let token = shared.calls.to_task(id);
+    if let Some(outlet) = &outlet {
+        outlet.set_token(token.clone());
+        shared.outlets.lock().insert(id, Arc::clone(outlet));
+    }
+    // Nobody waits past the caller's timeout, and nothing runs past
+    // this side's own cap.
+    let max = shared.config.max_hook_time;
+    let limit = timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
+    let deadline = crate::time::deadline_in(limit);
+    let owned = Arc::clone(shared);
+    let span = tracing::debug_span!("hook", id);
+    let task = async move {
+        let shared = &*owned;
+        // Leaves the table however the task ends.
+        let mut entry = Entry {
+            shared,
+            id,
+            done: false,
+        };
+        let run = async move {
+            let outcome = {
+                let work = tokio::time::timeout_at(deadline, work);
+                tokio::pin!(work);
+                let mut watching = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        outcome = &mut work => break Some(outcome),
+                        _ = token.cancelled(), if watching => {
+                            if shared.calls.keeps(id) {
+                                // It sees the cancel, and runs on.
+                                watching = false;
+                            } else {
+                                break None;
+                            }
+                        }
+                    }
+                }
+                // A cancelled hook's future is dropped here.
+            };
+            entry.finish();
+            if let Some(outlet) = &outlet {
+                // Items queued so far go before the answer; none after.
+                outlet.close().await;
+            }
+            let result = match outcome {
+                Some(Ok(result)) => result,
+                Some(Err(_)) => Err(HookError::new(
+                    codes::TIMEOUT,
+                    format!("hook did not finish within {} ms", limit.as_millis()),
+                )),
+                None => Err(HookError::new(codes::CANCELLED, "cancelled by the caller")),
+            };
+            // Only the encoded answer waits for room.
+            let frame = answer(id, &result, max_out, &shared.counters);
+            drop(result);
+            // Wait for room rather than grow the queue; give up only
+            // when the link ends (and then the answer has nowhere to go).
+            let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
+                return;
+            };
+            if shared.tx.send(frame).await.is_ok() {
+                room.queued();
+            }
+            // Held until now, so answers waiting for room count
+            // against `max_in_flight` too.
+            drop(permit);
+        };
+        // The link's end drops the hook's future, wherever it is.
+        let _ = shared.end.run_until_cancelled(run).await;
+    };
+    shared.hook_tasks.spawn(task.instrument(span));
+    None
 }
 
 /// A hook task's place in the link's table of cancellable requests.
@@ -439,7 +511,18 @@ fn note_failed(action: &str, error: Option<HookError>) {
 
 /// The `res` frame for a hook's result; `INVALID_MESSAGE` instead when it
 /// would be bigger than the peer accepts.
-fn answer(id: RequestId, result: &Result<Box<RawValue>, HookError>, max_out: usize) -> Outbound {
+fn answer(
+    id: RequestId,
+    result: &Result<Box<RawValue>, HookError>,
+    max_out: usize,
+    counters: &Counters,
+) -> Outbound {
+    counters.call(
+        Direction::In,
+        result
+            .as_ref()
+            .map_or_else(|e| e.code.as_str(), |_| counters::OK),
+    );
     let text = codec::encode_res(id, result.as_deref());
     if text.len() > max_out {
         let too_big = HookError::invalid_message(format!(

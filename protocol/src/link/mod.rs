@@ -9,6 +9,8 @@
 //!                          ├─ req      ─► hooks: answered inline, or on a task ─► queue
 //!                          ├─ note     ─► hooks, nothing answered (dropped past the bound)
 //!                          ├─ cancel   ─► serving.cancel(id): the hook task answers CANCELLED
+//!                          ├─ item/prog ─► the caller's stream inbox (bounded by its credit)
+//!                          ├─ credit   ─► the serving outlet: its ItemSink may send more
 //!                          └─ close/err ─► pending fails every waiter; driver closes
 //! ```
 //!
@@ -31,16 +33,21 @@
 //! [`Call::cancelled`](crate::Call::cancelled) and is dropped unless it
 //! [keeps running](crate::Call::keep_running), and every request still
 //! gets exactly one `res`, `CANCELLED` for one stopped this way.
+//! Streamed results ([`LinkHandle::call_stream`], capability `stream`)
+//! send `item` and `prog` frames before that `res`, paced by the caller's
+//! `credit` (see [`CallStream`]).
 //! [`LinkHandle::notify`] sends a `note`: the peer runs the hook and
 //! answers nothing.
 
 mod budget;
 mod config;
+mod counters;
 mod driver;
 mod inbound;
 mod outgoing;
 mod pending;
 pub(crate) mod serving;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +65,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::*;
+pub use counters::{CounterSnapshot, Counters, Direction, CALL_LATENCY_BUCKETS};
 pub use outgoing::{CallHandle, Canceller};
+pub use stream::{CallStream, Event, ItemSink, StreamOptions, DEFAULT_CREDIT};
 
 use crate::caps::Caps;
 use crate::close::CloseReason;
@@ -106,6 +115,8 @@ impl Outbound {
 
 pub(crate) struct Shared {
     config: LinkConfig,
+    /// Totals shared with the other links of this side.
+    pub(crate) counters: Arc<Counters>,
     /// Largest frame this side sends, before any signed envelope: what the
     /// peer accepts, less room for the envelope when frames are signed.
     pub(crate) max_out: usize,
@@ -118,6 +129,9 @@ pub(crate) struct Shared {
     pub(crate) notes: Arc<Semaphore>,
     /// Notes of the peer dropped: past the bound, or while draining.
     pub(crate) dropped_notes: AtomicU64,
+    /// The peer's streamed requests being served, for its `credit` frames.
+    pub(crate) outlets:
+        parking_lot::Mutex<std::collections::HashMap<crate::frame::RequestId, Arc<stream::Outlet>>>,
     tx: mpsc::Sender<Outbound>,
     /// Set once, by whoever first asks the link to close; the driver sends it.
     pub(crate) close_request: parking_lot::Mutex<Option<(u16, String)>>,
@@ -148,6 +162,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The reason the link closed, once it has.
+    pub(crate) fn pending_closed(&self) -> Option<CloseReason> {
+        self.pending.closed()
+    }
+
     /// Counts one message read from the peer.
     pub(crate) fn saw_message(&self) {
         self.seen.fetch_add(1, Ordering::Relaxed);
@@ -410,10 +429,126 @@ impl LinkHandle {
                 Err(_) => Err(self.closed_error()),
             }
         };
-        match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout_at(crate::time::deadline_in(timeout), exchange)
+            .await
+        {
             Ok(reply) => reply,
             Err(_) if cancel.is_some_and(CancellationToken::is_cancelled) => Err(Error::Cancelled),
             Err(_) => Err(Error::Timeout(timeout)),
+        };
+        self.shared.counters.call_out(&result, started.elapsed());
+        result
+    }
+
+    /// Sends a request whose result is streamed: the peer's handler sends
+    /// items (see [`Call::stream`](crate::Call::stream)) and progress
+    /// ([`Call::progress`](crate::Call::progress)) before its final result,
+    /// and the returned [`CallStream`] yields them as they arrive. Returns
+    /// once the request is queued.
+    ///
+    /// Flow control and timeouts are set by [`StreamOptions`]: at most its
+    /// credit of items is buffered here, and the peer's handler waits while
+    /// the consumer is behind. Fails with `UNSUPPORTED` when the peer did
+    /// not announce the `stream` capability (nothing is sent), and
+    /// otherwise as [`LinkHandle::call`] does. Dropping the stream before
+    /// its end cancels the request.
+    ///
+    /// ```no_run
+    /// # async fn demo(link: agent_protocol::LinkHandle) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::StreamOptions;
+    /// use std::time::Duration;
+    /// let total: u64 = link
+    ///     .call_stream::<_, u64, u64>("count", &10, StreamOptions::new(Duration::from_secs(5)))
+    ///     .await?
+    ///     .outcome()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_stream<B, T, R>(
+        &self,
+        action: &str,
+        body: &B,
+        opts: StreamOptions,
+    ) -> Result<CallStream<T, R>, Error>
+    where
+        B: Serialize + ?Sized,
+    {
+        self.open_stream(action, opts, |buf| serde_json::to_writer(buf, body))
+            .await
+    }
+
+    /// [`LinkHandle::call_stream`] with a raw body, yielding raw items and
+    /// a raw result.
+    pub async fn request_stream(
+        &self,
+        action: &str,
+        body: &RawValue,
+        opts: StreamOptions,
+    ) -> Result<CallStream<Box<RawValue>, Box<RawValue>>, Error> {
+        let raw = body.get().as_bytes();
+        self.open_stream(action, opts, |buf| {
+            buf.extend_from_slice(raw);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn open_stream<T, R>(
+        &self,
+        action: &str,
+        opts: StreamOptions,
+        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<CallStream<T, R>, Error> {
+        let shared = &self.shared;
+        if self.is_draining() {
+            return Err(Error::Shutdown);
+        }
+        if !shared.peer_caps.contains(Caps::STREAM) {
+            return Err(Error::Unsupported(
+                "streamed results: the peer did not announce the `stream` capability".into(),
+            ));
+        }
+        if !crate::name::is_valid_action(action) {
+            return Err(Error::InvalidMessage(crate::name::invalid_action(action)));
+        }
+        let inbox = Arc::new(stream::Inbox::new(opts.initial_credit()));
+        let id = shared
+            .pending
+            .register_stream(shared.config.max_in_flight, Arc::clone(&inbox))?;
+        // From here the stream owns the entry: dropping it (on any error
+        // below) takes it out again, or cancels once the `req` is queued.
+        let mut stream = CallStream::new(Arc::clone(shared), id, inbox, opts);
+        let open = crate::frame::StreamOpen {
+            credit: opts.initial_credit(),
+        };
+        let text =
+            codec::encode_req_stream_with(id, action, opts.wire_timeout(), Some(open), write_body)
+                .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        if text.len() > shared.max_out {
+            return Err(Error::InvalidMessage(format!(
+                "request of {} bytes exceeds the message limit of {}",
+                text.len(),
+                shared.max_out
+            )));
+        }
+        let queue = async {
+            let room = shared.budget.reserve(text.len(), &shared.end).await?;
+            shared.tx.send(Outbound::Text(text)).await.ok()?;
+            room.queued();
+            Some(())
+        };
+        let by = crate::time::deadline_in(opts.initial_window());
+        match tokio::time::timeout_at(by, queue).await {
+            Ok(Some(())) => Ok(stream),
+            Ok(None) => {
+                stream.unsent();
+                Err(self.closed_error())
+            }
+            Err(_) => {
+                stream.unsent();
+                Err(Error::Timeout(opts.initial_window()))
+            }
         }
     }
 
@@ -684,6 +819,28 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Clone + Send + Sync + 'static,
 {
+    let counters = Arc::default();
+    spawn_counted(ws, role, config, session, hooks, first, counters, make_peer)
+}
+
+/// Like [`spawn`], adding the link's calls and bytes to `counters`, which
+/// a side shares between all its links.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_counted<S, P>(
+    ws: WebSocketStream<S>,
+    role: Role,
+    config: LinkConfig,
+    session: Option<&Session>,
+    hooks: Hooks<P>,
+    first: Option<&Frame>,
+    counters: Arc<Counters>,
+    make_peer: impl FnOnce(LinkHandle) -> P,
+) -> (LinkHandle, P)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
+{
+    counters.opened();
     let (tx, rx) = mpsc::channel(config.write_queue.max(1));
     let budget = Budget::new(config.queued_bytes_limit());
     if let Some(frame) = first {
@@ -703,9 +860,11 @@ where
         calls: Arc::new(Serving::default()),
         notes: Arc::new(Semaphore::new(config.max_in_flight)),
         dropped_notes: AtomicU64::new(0),
+        outlets: parking_lot::Mutex::new(std::collections::HashMap::new()),
         serving: Arc::new(Semaphore::new(config.max_in_flight)),
         draining: std::sync::atomic::AtomicBool::new(false),
         config,
+        counters,
         pending: Pending::default(),
         tx,
         close_request: parking_lot::Mutex::new(None),

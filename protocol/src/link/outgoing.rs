@@ -100,11 +100,19 @@ impl Drop for CallGuard<'_> {
 }
 
 /// Queues `cancel {id}` without waiting; true when it is (or will be) sent.
-fn send_cancel(shared: &Arc<Shared>, id: RequestId) -> bool {
-    if !shared.peer_caps.contains(Caps::CANCEL) || shared.end.is_cancelled() {
+pub(crate) fn send_cancel(shared: &Arc<Shared>, id: RequestId) -> bool {
+    if !shared.peer_caps.contains(Caps::CANCEL) {
         return false;
     }
-    let frame = Outbound::Text(codec::encode_cancel(id));
+    send_control(shared, Outbound::Text(codec::encode_cancel(id)))
+}
+
+/// Queues a small control frame (`cancel`, `credit`) without waiting; true
+/// when it is (or will be) sent.
+pub(crate) fn send_control(shared: &Arc<Shared>, frame: Outbound) -> bool {
+    if shared.end.is_cancelled() {
+        return false;
+    }
     let bytes = frame.bytes();
     shared.budget.add(bytes);
     match shared.tx.try_send(frame) {

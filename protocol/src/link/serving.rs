@@ -28,6 +28,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::stream::Outlet;
 use crate::frame::RequestId;
 
 /// How many recently finished ids a link remembers, to tell a late or
@@ -95,11 +96,15 @@ impl Serving {
     /// Opens the first poll of a new request `id` and returns what its
     /// `Call` holds. The driver calls [`Serving::first_done`] or
     /// [`Serving::to_task`] right after the poll.
-    pub(crate) fn first_poll(self: &Arc<Self>, id: RequestId) -> CallCtl {
+    pub(crate) fn first_poll(
+        self: &Arc<Self>,
+        id: RequestId,
+        outlet: Option<Arc<Outlet>>,
+    ) -> CallCtl {
         let serial = self.serial.load(Ordering::Relaxed).wrapping_add(1).max(1);
         self.serial.store(serial, Ordering::Relaxed);
         self.first_serial.store(serial, Ordering::SeqCst);
-        CallCtl::Req(Arc::clone(self), id, serial)
+        CallCtl::Req(Arc::clone(self), id, serial, outlet)
     }
 
     /// The first poll answered the request: nothing of it stays.
@@ -231,8 +236,9 @@ pub(crate) enum CallCtl {
     Detached,
     /// A notification: it has no id, so it cannot be cancelled.
     Note,
-    /// A request served by a link: its table, id and serial.
-    Req(Arc<Serving>, RequestId, u64),
+    /// A request served by a link: its table, id and serial, and its
+    /// outlet when the caller takes a streamed result.
+    Req(Arc<Serving>, RequestId, u64, Option<Arc<Outlet>>),
 }
 
 impl std::fmt::Debug for CallCtl {
@@ -240,7 +246,7 @@ impl std::fmt::Debug for CallCtl {
         match self {
             CallCtl::Detached => f.write_str("Detached"),
             CallCtl::Note => f.write_str("Note"),
-            CallCtl::Req(_, id, _) => f.debug_tuple("Req").field(id).finish(),
+            CallCtl::Req(_, id, _, _) => f.debug_tuple("Req").field(id).finish(),
         }
     }
 }
@@ -250,17 +256,25 @@ impl CallCtl {
         matches!(self, CallCtl::Note)
     }
 
+    /// The outlet of a streamed request.
+    pub(crate) fn outlet(&self) -> Option<&Arc<Outlet>> {
+        match self {
+            CallCtl::Req(_, _, _, outlet) => outlet.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The request's token, while it is served.
     pub(crate) fn token(&self) -> Option<CancellationToken> {
         match self {
-            CallCtl::Req(table, id, serial) => table.with_slot(*id, *serial, Slot::token),
+            CallCtl::Req(table, id, serial, _) => table.with_slot(*id, *serial, Slot::token),
             _ => None,
         }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
         match self {
-            CallCtl::Req(table, id, serial) => table
+            CallCtl::Req(table, id, serial, _) => table
                 .with_slot(*id, *serial, |s| {
                     s.token
                         .as_ref()
@@ -272,7 +286,7 @@ impl CallCtl {
     }
 
     pub(crate) fn keep_running(&self) {
-        if let CallCtl::Req(table, id, serial) = self {
+        if let CallCtl::Req(table, id, serial, _) = self {
             table.with_slot(*id, *serial, |s| s.keep = true);
         }
     }
