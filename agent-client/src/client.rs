@@ -300,18 +300,7 @@ impl AgentClient {
     where
         B: Serialize + ?Sized,
     {
-        let ready = match &*self.inner.state.borrow() {
-            State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
-            _ => None,
-        };
-        let server = match ready {
-            Some(server) => server,
-            None => {
-                let timeout = opts.whole_timeout();
-                let deadline = agent_protocol::time::deadline_in(timeout);
-                self.ready_by(deadline, timeout).await?
-            }
-        };
+        let server = self.server_within(opts.whole_timeout()).await?;
         server.link().call_stream(action, body, opts).await
     }
 
@@ -382,19 +371,24 @@ impl AgentClient {
     where
         B: Serialize + ?Sized,
     {
+        let server = self.server_within(self.inner.default_timeout).await?;
+        server.link().notify(action, body).await
+    }
+
+    /// The server of the live link at once; without one, waits up to
+    /// `timeout` for a connection attempt under way (`OFFLINE` when none is).
+    async fn server_within(&self, timeout: Duration) -> Result<ServerHandle, Error> {
         let ready = match &*self.inner.state.borrow() {
             State::Ready(server) if !server.link().is_closed() => Some(server.clone()),
             _ => None,
         };
-        let server = match ready {
-            Some(server) => server,
+        match ready {
+            Some(server) => Ok(server),
             None => {
-                let timeout = self.inner.default_timeout;
                 let deadline = agent_protocol::time::deadline_in(timeout);
-                self.ready_by(deadline, timeout).await?
+                self.ready_by(deadline, timeout).await
             }
-        };
-        server.link().notify(action, body).await
+        }
     }
 
     async fn ready_by(&self, deadline: Instant, timeout: Duration) -> Result<ServerHandle, Error> {
