@@ -243,7 +243,7 @@ async fn caps_of_the_wrong_type_in_auth_close_the_handshake() {
         assert_eq!(hello["t"], "hello");
         assert_eq!(
             hello["caps"],
-            json!(["cancel", "note", "stream"]),
+            json!(["cancel", "note", "stream", "binary"]),
             "the server announces both"
         );
         let auth: Value = json!({

@@ -1065,17 +1065,17 @@ fn capability_frames_match_the_library() {
         (
             &hello,
             v.get("hello_1"),
-            r#","caps":["cancel","note","stream"]}"#,
+            r#","caps":["cancel","note","stream","binary"]}"#,
         ),
         (
             &auth_text,
             v.get("auth_1"),
-            r#","caps":["cancel","note","stream"]}"#,
+            r#","caps":["cancel","note","stream","binary"]}"#,
         ),
         (
             &welcome_text,
             v.get("welcome_1"),
-            r#","caps":["cancel","note","stream"]}"#,
+            r#","caps":["cancel","note","stream","binary"]}"#,
         ),
     ] {
         assert_eq!(

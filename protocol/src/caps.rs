@@ -18,16 +18,17 @@ use std::fmt;
 /// assert_eq!(theirs, Caps::NOTE);
 /// let agreed = Caps::SUPPORTED.intersect(theirs);
 /// assert!(agreed.contains(Caps::NOTE) && !agreed.contains(Caps::CANCEL));
-/// assert_eq!(Caps::SUPPORTED.names(), ["cancel", "note", "stream"]);
+/// assert_eq!(Caps::SUPPORTED.names(), ["cancel", "note", "stream", "binary"]);
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Caps(u8);
 
 /// Each known capability with its wire name, in the order they are sent.
-const NAMES: [(Caps, &str); 3] = [
+const NAMES: [(Caps, &str); 4] = [
     (Caps::CANCEL, "cancel"),
     (Caps::NOTE, "note"),
     (Caps::STREAM, "stream"),
+    (Caps::BINARY, "binary"),
 ];
 
 impl Caps {
@@ -44,8 +45,13 @@ impl Caps {
     /// 5.11). A side announces it only together with `"cancel"`: dropping
     /// a stream cancels its request.
     pub const STREAM: Caps = Caps(4);
+    /// `"binary"`: the peer takes bodies, results and stream items that
+    /// are bytes as WebSocket binary frames (`docs/PROTOCOL.md` 5.12); to a
+    /// peer without it, bytes go as JSON arrays of numbers.
+    pub const BINARY: Caps = Caps(8);
     /// Everything this implementation supports, which both sides announce.
-    pub const SUPPORTED: Caps = Caps(Caps::CANCEL.0 | Caps::NOTE.0 | Caps::STREAM.0);
+    pub const SUPPORTED: Caps =
+        Caps(Caps::CANCEL.0 | Caps::NOTE.0 | Caps::STREAM.0 | Caps::BINARY.0);
 
     /// The capabilities among `names` that this implementation knows; the
     /// others are ignored.
@@ -114,7 +120,7 @@ mod tests {
         assert!(Caps::NONE.is_empty() && Caps::NONE.to_wire().is_empty());
         assert_eq!(
             format!("{:?}", Caps::SUPPORTED),
-            r#"{"cancel", "note", "stream"}"#
+            r#"{"cancel", "note", "stream", "binary"}"#
         );
     }
 }

@@ -35,6 +35,10 @@ pub enum DecodeError {
     /// A `res` carries both or neither of `ok` and `err`.
     #[error("res frame must carry exactly one of `ok` and `err`")]
     AmbiguousOutcome,
+    /// A binary message that is not a valid binary frame (see
+    /// [`crate::binary`]).
+    #[error("invalid binary frame: {0}")]
+    InvalidBinary(String),
 }
 
 /// Keeps a present `null` as `Some("null")` rather than collapsing it to `None`.
@@ -345,7 +349,7 @@ fn exact_value(text: &str) -> Option<&RawValue> {
 }
 
 /// Appends `s` as a JSON string, exactly as `serde_json` writes it.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -409,7 +413,7 @@ pub fn encode_req_stream_with(
 }
 
 /// A `req` with every optional member: `stream`, then `from`.
-fn encode_req_parts(
+pub(crate) fn encode_req_parts(
     id: RequestId,
     action: &str,
     timeout_ms: Option<u64>,

@@ -210,7 +210,7 @@ impl ServerHandshake {
     /// use agent_protocol::{handshake::ServerHandshake, Caps, Frame};
     /// let hs = ServerHandshake::new(false).with_caps(Caps::SUPPORTED);
     /// let Frame::Hello(hello) = hs.hello() else { unreachable!() };
-    /// assert_eq!(hello.caps, ["cancel", "note", "stream"]);
+    /// assert_eq!(hello.caps, ["cancel", "note", "stream", "binary"]);
     /// ```
     #[must_use]
     pub fn with_caps(mut self, caps: Caps) -> Self {

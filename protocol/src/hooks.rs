@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::codec::null_body;
+use crate::body::{Body, BodyRef};
 use crate::error::{codes, HookError};
 use crate::link::serving::CallCtl;
 use crate::log_limit::{clip, LogLimit};
@@ -178,12 +178,12 @@ impl<P> Call<P> {
 }
 
 /// The result of one handler: `Ok(None)` is an empty result.
-pub type HandlerResult = Result<Option<Box<RawValue>>, HookError>;
+pub type HandlerResult = Result<Option<Body>, HookError>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 // The body is parsed before the future is built, so a borrow is enough.
-type ErasedFn<P> = dyn Fn(&RawValue, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync;
+type ErasedFn<P> = dyn Fn(BodyRef<'_>, Call<P>) -> BoxFuture<HandlerResult> + Send + Sync;
 
 /// A handler with its types erased, as stored in the registry.
 pub struct Handler<P>(Arc<ErasedFn<P>>);
@@ -204,6 +204,10 @@ impl<P> std::fmt::Debug for Handler<P> {
 ///
 /// The function takes the deserialized body and the [`Call`], and returns the
 /// response or a [`HookError`]. Use `serde_json::Value` for untyped bodies.
+///
+/// A response that serializes as bytes ([`Bytes`](crate::Bytes)) goes back
+/// in a binary frame to a peer that takes them; a body type of `Bytes`
+/// reads a binary body without parsing it (see [`crate::body`]).
 pub fn handler<P, T, R, F, Fut>(f: F) -> Handler<P>
 where
     P: Send + 'static,
@@ -213,8 +217,8 @@ where
     Fut: Future<Output = Result<R, HookError>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Handler(Arc::new(move |body: &RawValue, call: Call<P>| {
-        let parsed = serde_json::from_str::<T>(body.get());
+    Handler(Arc::new(move |body: BodyRef<'_>, call: Call<P>| {
+        let parsed = body.decode::<T>();
         let f = Arc::clone(&f);
         Box::pin(async move {
             let req = parsed.map_err(|e| {
@@ -225,9 +229,9 @@ where
                 ))
             })?;
             let res = f(req, call).await?;
-            let raw = serde_json::value::to_raw_value(&res)
+            let body = Body::encode(&res)
                 .map_err(|e| HookError::internal(format!("response failed to serialize: {e}")))?;
-            Ok((raw.get() != "null").then_some(raw))
+            Ok((!body.is_null()).then_some(body))
         }) as BoxFuture<HandlerResult>
     }))
 }
@@ -371,7 +375,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
         body: Box<RawValue>,
         peer: P,
     ) -> Result<Box<RawValue>, HookError> {
-        self.start(action, &body, peer).await
+        self.start(action, &body, peer).await.map(Body::into_json)
     }
 
     /// Starts the chain for `action`. The first handler reads the body at
@@ -379,14 +383,14 @@ impl<P: Clone + Send + 'static> Hooks<P> {
     /// nothing of the request is copied. The handlers see a
     /// [`Call::detached`] call.
     pub fn start(&self, action: &str, body: &RawValue, peer: P) -> Dispatch {
-        self.start_with(action, body, peer, CallCtl::Detached, None)
+        self.start_with(action, BodyRef::Json(body), peer, CallCtl::Detached, None)
     }
 
     /// [`Hooks::start`] for a link: the handlers' calls carry `ctl`.
     pub(crate) fn start_with(
         &self,
         action: &str,
-        body: &RawValue,
+        body: BodyRef<'_>,
         peer: P,
         ctl: CallCtl,
         from: Option<&str>,
@@ -436,7 +440,7 @@ impl<P: Clone + Send + 'static> Hooks<P> {
                 }
             }
             _ => {
-                let body = body.to_owned();
+                let body = body.to_body();
                 DispatchState::Chain(Box::pin(chain(any, own, action, body, peer, ctl, from)))
             }
         };
@@ -450,12 +454,12 @@ async fn chain<P: Clone + Send + 'static>(
     any: Arc<[Handler<P>]>,
     own: Arc<[Handler<P>]>,
     action: Arc<str>,
-    body: Box<RawValue>,
+    body: Body,
     peer: P,
     ctl: CallCtl,
     from: Option<Arc<str>>,
-) -> Result<Box<RawValue>, HookError> {
-    let mut last: Option<Box<RawValue>> = None;
+) -> Result<Body, HookError> {
+    let mut last: Option<Body> = None;
     for h in any.iter().chain(own.iter()) {
         let call = Call {
             action: Arc::clone(&action),
@@ -463,7 +467,7 @@ async fn chain<P: Clone + Send + 'static>(
             ctl: ctl.clone(),
             from: from.clone(),
         };
-        let fut = AssertUnwindSafe(|| (h.0)(&body, call));
+        let fut = AssertUnwindSafe(|| (h.0)(body.as_ref(), call));
         let outcome = match std::panic::catch_unwind(fut) {
             Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
             Err(panic) => Err(panic),
@@ -475,7 +479,7 @@ async fn chain<P: Clone + Send + 'static>(
             Err(_) => return Err(panicked(&action)),
         }
     }
-    Ok(last.unwrap_or_else(null_body))
+    Ok(last.unwrap_or_else(Body::null))
 }
 
 fn panicked(action: &str) -> HookError {
@@ -499,13 +503,13 @@ pub struct Dispatch {
 }
 
 enum DispatchState {
-    Done(Option<Result<Box<RawValue>, HookError>>),
+    Done(Option<Result<Body, HookError>>),
     /// The only handler, polled as it is.
     One {
         fut: BoxFuture<HandlerResult>,
         action: Arc<str>,
     },
-    Chain(BoxFuture<Result<Box<RawValue>, HookError>>),
+    Chain(BoxFuture<Result<Body, HookError>>),
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -520,7 +524,7 @@ impl std::fmt::Debug for Dispatch {
 }
 
 impl Future for Dispatch {
-    type Output = Result<Box<RawValue>, HookError>;
+    type Output = Result<Body, HookError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = match &mut self.state {
@@ -531,7 +535,7 @@ impl Future for Dispatch {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(Some(v)))) => Ok(v),
-                    Ok(Poll::Ready(Ok(None))) => Ok(null_body()),
+                    Ok(Poll::Ready(Ok(None))) => Ok(Body::null()),
                     Ok(Poll::Ready(Err(e))) => Err(e),
                     Err(_) => Err(panicked(action)),
                 }

@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! * [`frame`] and [`codec`]: the frames of wire protocol v1 and their pure
-//!   encoding, tested with string literals.
+//!   encoding, tested with string literals; [`binary`]: the binary frames
+//!   that carry bytes, and [`body`]: bodies that are JSON or bytes.
 //! * [`crypto`], [`handshake`] and [`signed`]: the MACs, the challenge-response
 //!   handshake as frame-in/frame-out state machines, and signed frames.
 //! * [`name`]: the `A####` name format and name syntax.
@@ -28,6 +29,8 @@
 
 #![warn(missing_docs)]
 
+pub mod binary;
+pub mod body;
 pub mod caps;
 pub mod close;
 pub mod codec;
@@ -47,6 +50,7 @@ pub mod store;
 pub mod time;
 pub mod transport;
 
+pub use body::{Body, BodyRef, Bytes};
 pub use caps::Caps;
 pub use close::CloseReason;
 pub use crypto::Secret;

@@ -9,7 +9,16 @@
 //!
 //! `direction` is `S` (0x53) for server → agent and `A` (0x41) for agent →
 //! server; sequence numbers start at 0 in each direction and grow by one per
-//! frame. A forged frame fails the MAC; a replayed, reordered or dropped frame
+//! frame. A binary frame (see [`crate::binary`]) is signed the same way, in
+//! the same sequence, as one binary message:
+//!
+//! ```text
+//! seq as u64 big-endian (8 bytes) ‖ mac (32 bytes) ‖ <binary frame>
+//! mac = HMAC(session_key, TAG_FRAME ‖ direction ‖ seq as u64 big-endian ‖ bytes of <binary frame>)
+//! ```
+//!
+//! The two cannot be mistaken for each other: a text frame's bytes begin
+//! with `{`, a binary frame's with its kind, 1 to 3. A forged frame fails the MAC; a replayed, reordered or dropped frame
 //! breaks the sequence. Either ends the link with close code 4002.
 
 use serde::Deserialize;
@@ -85,6 +94,27 @@ impl Signer {
         out.push_str(frame);
         out.push('}');
         out
+    }
+}
+
+/// Bytes a signed binary message carries before its frame: the sequence
+/// number and the MAC.
+pub const BINARY_PREFIX: usize = 8 + 32;
+
+impl Signer {
+    /// Signs a binary frame in place: `msg` is [`BINARY_PREFIX`] bytes of
+    /// room followed by the frame, and the room receives the sequence
+    /// number and the MAC.
+    pub fn sign_binary(&mut self, msg: &mut [u8]) {
+        let Some((prefix, frame)) = msg.split_at_mut_checked(BINARY_PREFIX) else {
+            return;
+        };
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mac = self.base.frame(seq, frame).finish();
+        let (seq_bytes, mac_bytes) = prefix.split_at_mut(8);
+        seq_bytes.copy_from_slice(&seq.to_be_bytes());
+        mac_bytes.copy_from_slice(&mac);
     }
 }
 
@@ -167,6 +197,34 @@ impl Verifier {
             return Err(SignError::BadMac);
         }
         // Checked after the MAC so that a forged sequence number reads as forgery.
+        if seq != self.expected {
+            return Err(SignError::OutOfSequence {
+                expected: self.expected,
+                got: seq,
+            });
+        }
+        self.expected = self.expected.wrapping_add(1);
+        Ok(frame)
+    }
+
+    /// Checks a signed binary message and returns the frame inside, sharing
+    /// the message's buffer.
+    pub fn verify_binary(
+        &mut self,
+        msg: &tokio_tungstenite::tungstenite::Bytes,
+    ) -> Result<tokio_tungstenite::tungstenite::Bytes, SignError> {
+        let (Some(seq), Some(mac)) = (msg.get(..8), msg.get(8..BINARY_PREFIX)) else {
+            return Err(SignError::Malformed(format!(
+                "signed binary message of {} bytes, shorter than its prefix",
+                msg.len()
+            )));
+        };
+        let seq = u64::from_be_bytes(seq.try_into().map_err(|_| SignError::BadMac)?);
+        let mac: [u8; 32] = mac.try_into().map_err(|_| SignError::BadMac)?;
+        let frame = msg.slice(BINARY_PREFIX..);
+        if !self.base.frame(seq, &frame).verify(&mac) {
+            return Err(SignError::BadMac);
+        }
         if seq != self.expected {
             return Err(SignError::OutOfSequence {
                 expected: self.expected,

@@ -64,6 +64,14 @@ fn to_message(out: Outbound, signer: &mut Option<Signer>) -> Message {
         },
         Outbound::Ping => Message::Ping(Bytes::new()),
         Outbound::Unsigned(text) => Message::text(text),
+        Outbound::Binary(mut buf) => match signer {
+            Some(s) => {
+                s.sign_binary(&mut buf);
+                Message::Binary(Bytes::from(buf))
+            }
+            // The room kept for a signature is left out, without a copy.
+            None => Message::Binary(Bytes::from(buf).slice(crate::signed::BINARY_PREFIX..)),
+        },
     }
 }
 
@@ -310,10 +318,10 @@ pub(crate) async fn run<S, P>(
                         shared.counters.read(text.len());
                         inbound::on_text(text.as_str(), &shared, &mut verifier, &hooks, &peer)
                     }
-                    Some(Ok(Message::Binary(_))) => Err((
-                        close::PROTOCOL_ERROR,
-                        "binary frames are not supported in protocol v1".to_owned(),
-                    )),
+                    Some(Ok(Message::Binary(data))) => {
+                        shared.counters.read(data.len());
+                        inbound::on_binary(data, &shared, &mut verifier, &hooks, &peer)
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = match frame {
                             Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),

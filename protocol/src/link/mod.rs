@@ -69,6 +69,9 @@ pub use counters::{CounterSnapshot, Counters, Direction, CALL_LATENCY_BUCKETS};
 pub use outgoing::{CallHandle, Canceller};
 pub use stream::{CallStream, Event, ItemSink, StreamOptions, DEFAULT_CREDIT};
 
+use crate::binary;
+use crate::body::Body;
+use crate::frame::{RequestId, StreamOpen};
 use crate::caps::Caps;
 use crate::close::CloseReason;
 use crate::codec;
@@ -101,6 +104,9 @@ pub(crate) enum Outbound {
     /// A frame written as it is, never signed: the handshake's last frame,
     /// queued ahead of everything else.
     Unsigned(String),
+    /// One binary frame after [`signed::BINARY_PREFIX`] bytes of room for
+    /// its signature, so that signing it copies nothing.
+    Binary(Vec<u8>),
 }
 
 impl Outbound {
@@ -108,13 +114,62 @@ impl Outbound {
     pub(crate) fn bytes(&self) -> usize {
         match self {
             Outbound::Text(text) | Outbound::Unsigned(text) => text.len(),
+            Outbound::Binary(buf) => buf.len().saturating_sub(signed::BINARY_PREFIX),
             Outbound::Ping => 0,
+        }
+    }
+
+    /// A binary frame whose body is the bytes `value` serializes as; `None`
+    /// for a value that does not serialize as bytes. `head` is only built
+    /// for one that does.
+    pub(crate) fn binary_of<T: Serialize + ?Sized>(
+        kind: binary::Kind,
+        id: RequestId,
+        head: impl FnOnce() -> Vec<u8>,
+        value: &T,
+    ) -> Option<Outbound> {
+        if !crate::body::is_bytes(value) {
+            return None;
+        }
+        let head = head();
+        let mut buf = Vec::with_capacity(signed::BINARY_PREFIX + binary::HEADER + head.len());
+        buf.resize(signed::BINARY_PREFIX, 0);
+        binary::encode_into(&mut buf, kind, id, &head, &[]);
+        crate::body::append_bytes(value, &mut buf).then_some(Outbound::Binary(buf))
+    }
+
+    /// A binary frame (see [`crate::binary`]).
+    pub(crate) fn binary(
+        kind: crate::binary::Kind,
+        id: crate::frame::RequestId,
+        head: &[u8],
+        body: &[u8],
+    ) -> Outbound {
+        let mut buf = Vec::with_capacity(
+            signed::BINARY_PREFIX + crate::binary::HEADER + head.len() + body.len(),
+        );
+        buf.resize(signed::BINARY_PREFIX, 0);
+        crate::binary::encode_into(&mut buf, kind, id, head, body);
+        Outbound::Binary(buf)
+    }
+
+    /// The `res` frame of a result: bytes as a binary frame when the peer
+    /// takes them, JSON otherwise.
+    pub(crate) fn result(id: crate::frame::RequestId, body: &Body, peer_caps: Caps) -> Outbound {
+        match body {
+            Body::Json(raw) => Outbound::Text(codec::encode_res(id, Ok(raw))),
+            Body::Bytes(bytes) if peer_caps.contains(Caps::BINARY) => {
+                Outbound::binary(crate::binary::Kind::Res, id, &[], bytes)
+            }
+            Body::Bytes(_) => Outbound::Text(codec::encode_res(id, Ok(&body.clone().into_json()))),
         }
     }
 }
 
 pub(crate) struct Shared {
     config: LinkConfig,
+    /// Which end of the link this is.
+    pub(crate) role: Role,
     /// Totals shared with the other links of this side.
     pub(crate) counters: Arc<Counters>,
     /// Largest frame this side sends, before any signed envelope: what the
@@ -237,17 +292,9 @@ impl LinkHandle {
         body: &RawValue,
         timeout: Duration,
     ) -> Result<Box<RawValue>, Error> {
-        let raw = body.get().as_bytes();
-        self.exchange(
-            action,
-            timeout,
-            |buf| {
-                buf.extend_from_slice(raw);
-                Ok(())
-            },
-            None,
-        )
-        .await
+        self.exchange(action, timeout, raw_req(action, None, body), None)
+            .await
+            .map(Body::into_json)
     }
 
     /// [`LinkHandle::request`] for a call the server relays from agent
@@ -261,18 +308,35 @@ impl LinkHandle {
         body: &RawValue,
         timeout: Duration,
     ) -> Result<Box<RawValue>, Error> {
-        let raw = body.get().as_bytes();
-        self.exchange_from(
-            action,
-            timeout,
-            Some(from),
-            |buf| {
-                buf.extend_from_slice(raw);
-                Ok(())
-            },
-            None,
-        )
-        .await
+        self.exchange(action, timeout, raw_req(action, Some(from), body), None)
+            .await
+            .map(Body::into_json)
+    }
+
+    /// Sends a request with a body that is JSON or bytes and waits for its
+    /// result, JSON or bytes as the peer's hook answered: the untyped form
+    /// of [`LinkHandle::call`] for bodies that may be bytes. A
+    /// [`Body::Bytes`] goes in a binary frame to a peer with the `binary`
+    /// capability, and as a JSON array of numbers to one without. Dropping
+    /// the future cancels the request, as for [`LinkHandle::request`].
+    ///
+    /// ```no_run
+    /// # async fn demo(link: agent_protocol::LinkHandle) -> Result<(), agent_protocol::Error> {
+    /// use agent_protocol::{Body, Bytes};
+    /// use std::time::Duration;
+    /// let sent = Body::Bytes(Bytes::from_static(b"\x7fELF"));
+    /// let back = link.request_body("echo", &sent, Duration::from_secs(5)).await?;
+    /// assert_eq!(back.as_bytes().map(|b| &b[..]), Some(&b"\x7fELF"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn request_body(
+        &self,
+        action: &str,
+        body: &Body,
+        timeout: Duration,
+    ) -> Result<Body, Error> {
+        let encode = body_req(&self.shared, action, None, body);
+        self.exchange(action, timeout, encode, None).await
     }
 
     /// Sends a request with a typed body and decodes the typed response.
@@ -285,14 +349,9 @@ impl LinkHandle {
         R: DeserializeOwned,
     {
         let res = self
-            .exchange(
-                action,
-                timeout,
-                |buf| serde_json::to_writer(buf, body),
-                None,
-            )
+            .exchange(action, timeout, typed_req(&self.shared, action, None, body), None)
             .await?;
-        serde_json::from_str(res.get())
+        res.decode()
             .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
     }
 
@@ -315,7 +374,7 @@ impl LinkHandle {
         R: DeserializeOwned + Send + 'static,
     {
         let token = CancellationToken::new();
-        let body = serde_json::value::to_raw_value(body);
+        let body = Body::encode(body);
         let link = self.clone();
         let action = action.to_owned();
         let cancel = token.clone();
@@ -324,45 +383,25 @@ impl LinkHandle {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let raw = body.get().as_bytes();
+            let encode = body_req(&link.shared, &action, None, &body);
             let res = link
-                .exchange(
-                    &action,
-                    timeout,
-                    |buf| {
-                        buf.extend_from_slice(raw);
-                        Ok(())
-                    },
-                    Some(&cancel),
-                )
+                .exchange(&action, timeout, encode, Some(&cancel))
                 .await?;
-            serde_json::from_str(res.get())
+            res.decode()
                 .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
         })
     }
 
-    /// Registers a request, writes its frame (the body serialized straight
-    /// into it) and waits for the outcome, or for `cancel` when given.
+    /// Registers a request, writes its frame (`encode` serializes the body
+    /// straight into it) and waits for the outcome, or for `cancel` when
+    /// given.
     async fn exchange(
         &self,
         action: &str,
         timeout: Duration,
-        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+        encode: impl EncodeReq,
         cancel: Option<&CancellationToken>,
-    ) -> Result<Box<RawValue>, Error> {
-        self.exchange_from(action, timeout, None, write_body, cancel)
-            .await
-    }
-
-    /// [`LinkHandle::exchange`], for a relayed call when `from` is given.
-    async fn exchange_from(
-        &self,
-        action: &str,
-        timeout: Duration,
-        from: Option<&str>,
-        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-        cancel: Option<&CancellationToken>,
-    ) -> Result<Box<RawValue>, Error> {
+    ) -> Result<Body, Error> {
         if self.is_draining() {
             return Err(Error::Shutdown);
         }
@@ -375,20 +414,20 @@ impl LinkHandle {
             .register(self.shared.config.max_in_flight)?;
         let mut guard = CallGuard::new(&self.shared, id);
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let text = codec::encode_req_from(id, action, Some(timeout_ms), from, write_body)
+        let frame = encode(id, Some(timeout_ms), None)
             .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
-        if text.len() > self.shared.max_out {
+        if frame.bytes() > self.shared.max_out {
             return Err(Error::InvalidMessage(format!(
                 "request of {} bytes exceeds the message limit of {}",
-                text.len(),
+                frame.bytes(),
                 self.shared.max_out
             )));
         }
         let exchange = async {
             let shared = &self.shared;
             let queue = async {
-                let room = shared.budget.reserve(text.len(), &shared.end).await?;
-                shared.tx.send(Outbound::Text(text)).await.ok()?;
+                let room = shared.budget.reserve(frame.bytes(), &shared.end).await?;
+                shared.tx.send(frame).await.ok()?;
                 room.queued();
                 Some(())
             };
@@ -474,7 +513,7 @@ impl LinkHandle {
     where
         B: Serialize + ?Sized,
     {
-        self.open_stream(action, opts, |buf| serde_json::to_writer(buf, body))
+        self.open_stream(action, opts, typed_req(&self.shared, action, None, body))
             .await
     }
 
@@ -486,19 +525,15 @@ impl LinkHandle {
         body: &RawValue,
         opts: StreamOptions,
     ) -> Result<CallStream<Box<RawValue>, Box<RawValue>>, Error> {
-        let raw = body.get().as_bytes();
-        self.open_stream(action, opts, |buf| {
-            buf.extend_from_slice(raw);
-            Ok(())
-        })
-        .await
+        self.open_stream(action, opts, raw_req(action, None, body))
+            .await
     }
 
     async fn open_stream<T, R>(
         &self,
         action: &str,
         opts: StreamOptions,
-        write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+        encode: impl EncodeReq,
     ) -> Result<CallStream<T, R>, Error> {
         let shared = &self.shared;
         if self.is_draining() {
@@ -522,19 +557,18 @@ impl LinkHandle {
         let open = crate::frame::StreamOpen {
             credit: opts.initial_credit(),
         };
-        let text =
-            codec::encode_req_stream_with(id, action, opts.wire_timeout(), Some(open), write_body)
-                .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
-        if text.len() > shared.max_out {
+        let frame = encode(id, opts.wire_timeout(), Some(open))
+            .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))?;
+        if frame.bytes() > shared.max_out {
             return Err(Error::InvalidMessage(format!(
                 "request of {} bytes exceeds the message limit of {}",
-                text.len(),
+                frame.bytes(),
                 shared.max_out
             )));
         }
         let queue = async {
-            let room = shared.budget.reserve(text.len(), &shared.end).await?;
-            shared.tx.send(Outbound::Text(text)).await.ok()?;
+            let room = shared.budget.reserve(frame.bytes(), &shared.end).await?;
+            shared.tx.send(frame).await.ok()?;
             room.queued();
             Some(())
         };
@@ -792,6 +826,66 @@ impl LinkHandle {
     }
 }
 
+/// Writes a request's frame once its id is known, from the id, the
+/// timeout and the stream request it carries.
+trait EncodeReq:
+    FnOnce(RequestId, Option<u64>, Option<StreamOpen>) -> Result<Outbound, serde_json::Error>
+{
+}
+
+impl<F> EncodeReq for F where
+    F: FnOnce(RequestId, Option<u64>, Option<StreamOpen>) -> Result<Outbound, serde_json::Error>
+{
+}
+
+/// The frame of a request whose body is JSON already, copied in as it is.
+fn raw_req<'a>(action: &'a str, from: Option<&'a str>, body: &'a RawValue) -> impl EncodeReq + 'a {
+    move |id, timeout_ms, stream| {
+        let raw = body.get().as_bytes();
+        codec::encode_req_parts(id, action, timeout_ms, stream, from, |buf| {
+            buf.extend_from_slice(raw);
+            Ok(())
+        })
+        .map(Outbound::Text)
+    }
+}
+
+/// The frame of a request with a typed body, serialized straight into it:
+/// a binary frame when the body serializes as bytes and the peer takes
+/// them, text otherwise.
+fn typed_req<'a, B: Serialize + ?Sized>(
+    shared: &'a Shared,
+    action: &'a str,
+    from: Option<&'a str>,
+    body: &'a B,
+) -> impl EncodeReq + 'a {
+    move |id, timeout_ms, stream| {
+        if shared.peer_caps.contains(Caps::BINARY) {
+            let head = || binary::req_head(action, timeout_ms, stream, from);
+            if let Some(frame) = Outbound::binary_of(binary::Kind::Req, id, head, body) {
+                return Ok(frame);
+            }
+        }
+        codec::encode_req_parts(id, action, timeout_ms, stream, from, |buf| {
+            serde_json::to_writer(buf, body)
+        })
+        .map(Outbound::Text)
+    }
+}
+
+/// The frame of a request with a [`Body`].
+fn body_req<'a>(
+    shared: &'a Shared,
+    action: &'a str,
+    from: Option<&'a str>,
+    body: &'a Body,
+) -> impl EncodeReq + 'a {
+    move |id, timeout_ms, stream| match body {
+        Body::Json(raw) => raw_req(action, from, raw)(id, timeout_ms, stream),
+        Body::Bytes(bytes) => typed_req(shared, action, from, bytes)(id, timeout_ms, stream),
+    }
+}
+
 /// Starts the driver task of an authenticated connection.
 ///
 /// However that task ends (the link closes, it panics, the runtime drops
@@ -855,6 +949,7 @@ where
         None => config.send_limit(),
     };
     let shared = Arc::new(Shared {
+        role,
         max_out,
         peer_caps: session.map_or(Caps::NONE, |s| s.caps),
         calls: Arc::new(Serving::default()),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use crate::body::Body;
 use crate::close::CloseReason;
 use crate::error::Error;
 use crate::frame::RequestId;
@@ -19,7 +20,7 @@ use crate::frame::RequestId;
 use super::stream::Inbox;
 
 /// What a waiting caller receives.
-pub(crate) type Reply = Result<Box<RawValue>, Error>;
+pub(crate) type Reply = Result<Body, Error>;
 
 /// One request waiting for its outcome.
 enum Waiter {
@@ -99,7 +100,7 @@ impl Pending {
     }
 
     /// An `item` for request `id`; an error is a protocol violation.
-    pub(crate) fn item(&self, id: RequestId, body: Box<RawValue>) -> Result<(), String> {
+    pub(crate) fn item(&self, id: RequestId, body: Body) -> Result<(), String> {
         let inbox = match self.state.lock().waiting.get(&id) {
             Some(Waiter::Stream(inbox)) => Arc::clone(inbox),
             Some(Waiter::Call(_)) => {

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::outgoing::{send_cancel, send_control};
 use super::{Outbound, Shared};
+use crate::binary;
+use crate::body::Body;
+use crate::caps::Caps;
 use crate::codec;
 use crate::error::{codes, Error};
 use crate::frame::{RequestId, MAX_CREDIT};
@@ -142,9 +145,9 @@ pub enum Event<T, R> {
 
 #[derive(Default)]
 struct InboxState {
-    items: VecDeque<Box<RawValue>>,
+    items: VecDeque<Body>,
     progress: Option<Box<RawValue>>,
-    outcome: Option<Result<Box<RawValue>, Error>>,
+    outcome: Option<Result<Body, Error>>,
     /// Items the peer may still send.
     allowed: u32,
     /// The caller went away: items are discarded until the `res`.
@@ -176,7 +179,7 @@ impl Inbox {
     }
 
     /// An `item` frame; an error is a protocol violation.
-    pub(crate) fn item(&self, body: Box<RawValue>) -> Result<(), String> {
+    pub(crate) fn item(&self, body: Body) -> Result<(), String> {
         let mut st = self.state.lock();
         if st.dropped {
             return Ok(());
@@ -201,7 +204,7 @@ impl Inbox {
     }
 
     /// The terminal `res`, or the link's end.
-    pub(crate) fn finish(&self, reply: Result<Box<RawValue>, Error>) {
+    pub(crate) fn finish(&self, reply: Result<Body, Error>) {
         let mut st = self.state.lock();
         st.outcome = Some(reply);
         Self::wake(&mut st);
@@ -364,8 +367,8 @@ impl<T: DeserializeOwned, R: DeserializeOwned> Stream for CallStream<T, R> {
         }
         enum Got {
             Progress(Box<RawValue>),
-            Item(Box<RawValue>),
-            End(Result<Box<RawValue>, Error>),
+            Item(Body),
+            End(Result<Body, Error>),
         }
         let got = {
             let mut st = this.inbox.state.lock();
@@ -382,9 +385,9 @@ impl<T: DeserializeOwned, R: DeserializeOwned> Stream for CallStream<T, R> {
         };
         let event = match got {
             Some(Got::Progress(p)) => Ok(Event::Progress(p)),
-            Some(Got::Item(raw)) => {
+            Some(Got::Item(body)) => {
                 this.grant();
-                match serde_json::from_str(raw.get()) {
+                match body.decode() {
                     Ok(item) => Ok(Event::Item(item)),
                     Err(e) => {
                         this.end();
@@ -395,7 +398,8 @@ impl<T: DeserializeOwned, R: DeserializeOwned> Stream for CallStream<T, R> {
             Some(Got::End(outcome)) => {
                 this.done = true;
                 match outcome {
-                    Ok(raw) => serde_json::from_str(raw.get())
+                    Ok(body) => body
+                        .decode()
                         .map(Event::End)
                         .map_err(|e| Error::InvalidMessage(format!("stream result: {e}"))),
                     Err(Error::Remote(e)) if e.code == codes::CANCELLED => Err(Error::Cancelled),
@@ -499,20 +503,27 @@ impl Outlet {
         true
     }
 
-    async fn send(
-        &self,
-        write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-    ) -> Result<(), Error> {
+    async fn send<T: Serialize + ?Sized>(&self, item: &T) -> Result<(), Error> {
         let shared = self
             .shared
             .upgrade()
             .ok_or_else(|| Error::InvalidMessage("the link is gone".into()))?;
-        let text = codec::encode_item_with("item", self.id, write)
-            .map_err(|e| Error::InvalidMessage(format!("stream item: {e}")))?;
-        if text.len() > shared.max_out {
+        let binary = match shared.peer_caps.contains(Caps::BINARY) {
+            true => Outbound::binary_of(binary::Kind::Item, self.id, Vec::new, item),
+            false => None,
+        };
+        let frame = match binary {
+            Some(frame) => frame,
+            None => codec::encode_item_with("item", self.id, |buf| {
+                serde_json::to_writer(buf, item)
+            })
+            .map(Outbound::Text)
+            .map_err(|e| Error::InvalidMessage(format!("stream item: {e}")))?,
+        };
+        if frame.bytes() > shared.max_out {
             return Err(Error::InvalidMessage(format!(
                 "stream item of {} bytes exceeds the message limit of {}",
-                text.len(),
+                frame.bytes(),
                 shared.max_out
             )));
         }
@@ -538,7 +549,6 @@ impl Outlet {
         if self.done.load(Ordering::Acquire) {
             return Err(Error::Cancelled);
         }
-        let frame = Outbound::Text(text);
         let Some(room) = shared.budget.reserve(frame.bytes(), &shared.end).await else {
             return Err(ended());
         };
@@ -606,7 +616,7 @@ impl<T: Serialize + ?Sized> ItemSink<T> {
     /// serialize or exceeds the message limit.
     pub async fn send(&mut self, item: &T) -> Result<(), Error> {
         match &self.outlet {
-            Some(outlet) => outlet.send(|buf| serde_json::to_writer(buf, item)).await,
+            Some(outlet) => outlet.send(item).await,
             None => Ok(()),
         }
     }
