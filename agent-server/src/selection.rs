@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use agent_protocol::{Error, RawValue, Selector};
+use agent_protocol::{Body, Error, Selector};
 use futures_util::future::join_all;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -117,7 +117,7 @@ impl Selection {
         }
         // Serialize once; every agent gets the same bytes.
         let raw = request_body(body)?;
-        let raw = &*raw;
+        let raw = &raw;
         let calls = agents.iter().map(|agent| async move {
             (
                 agent.name().to_owned(),
@@ -216,7 +216,7 @@ impl Selection {
         B: Serialize + ?Sized,
         R: DeserializeOwned + Send + 'static,
     {
-        let raw: Arc<RawValue> = Arc::from(request_body(body)?);
+        let raw: Arc<Body> = Arc::new(request_body(body)?);
         let names: Vec<String> = self.agents().iter().map(|a| a.name().to_owned()).collect();
         Ok(CallEach {
             selected: names.len(),
@@ -233,19 +233,20 @@ impl Selection {
     }
 }
 
-fn request_body<B: Serialize + ?Sized>(body: &B) -> Result<Box<RawValue>, Error> {
-    serde_json::value::to_raw_value(body)
-        .map_err(|e| Error::InvalidMessage(format!("request body: {e}")))
+/// The body of a fan-out, serialized once for every agent: bytes stay
+/// bytes (see [`Body`]).
+fn request_body<B: Serialize + ?Sized>(body: &B) -> Result<Body, Error> {
+    Body::encode(body).map_err(|e| Error::InvalidMessage(format!("request body: {e}")))
 }
 
 async fn call_raw<R: DeserializeOwned>(
     agent: &Agent,
     action: &str,
-    raw: &RawValue,
+    body: &Body,
     timeout: Duration,
 ) -> Result<R, Error> {
-    let res = agent.link().request(action, raw, timeout).await?;
-    serde_json::from_str::<R>(res.get())
+    let res = agent.link().request_body(action, body, timeout).await?;
+    res.decode::<R>()
         .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))
 }
 
@@ -254,7 +255,7 @@ struct Plan {
     inner: Arc<Inner>,
     names: Vec<String>,
     action: Arc<str>,
-    body: Arc<RawValue>,
+    body: Arc<Body>,
     timeout: Duration,
     concurrency: usize,
 }
