@@ -74,6 +74,12 @@ const KEYS: &[&str] = &[
     "frame_mac_input_a1",
     "frame_mac_a1",
     "sig_a1",
+    "bin_req_a2",
+    "bin_mac_input_a2",
+    "bin_mac_a2",
+    "bin_sig_a2",
+    "bin_res_s1",
+    "bin_item",
     "hello_2",
     "claim_input_2",
     "claim_2",
@@ -772,6 +778,91 @@ fn signed_frames_match_the_library() {
     )
     .verify(a0);
     assert_eq!(other_key, Err(SignError::BadMac), "other session's key");
+}
+
+#[test]
+fn binary_frames_match_the_document_and_the_library() {
+    use agent_protocol::binary::{self, BinFrame, Kind};
+    use agent_protocol::Bytes;
+    let v = Vectors::load();
+    // From the prose of 5.13 and 9.4: kind ‖ be64(id) ‖ be32(n) ‖ head ‖ body.
+    let layout = |kind: u8, id: u64, head: &[u8], body: &[u8]| {
+        [
+            vec![kind],
+            id.to_be_bytes().to_vec(),
+            u32::try_from(head.len()).unwrap().to_be_bytes().to_vec(),
+            head.to_vec(),
+            body.to_vec(),
+        ]
+        .concat()
+    };
+    let head = br#"{"action":"put","timeout_ms":30000}"#;
+    let req = layout(1, 3, head, &[0, 1, 2, 0xff]);
+    assert_eq!(hex(&req), v.get("bin_req_a2"), "bin_req_a2 (layout)");
+    let res = layout(2, 3, b"", &[0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(hex(&res), v.get("bin_res_s1"), "bin_res_s1 (layout)");
+    let item = layout(3, 4, b"", &[0, 0]);
+    assert_eq!(hex(&item), v.get("bin_item"), "bin_item (layout)");
+    let input = [
+        v.get("tag_frame").as_bytes().to_vec(),
+        vec![0x41],
+        2u64.to_be_bytes().to_vec(),
+        req.clone(),
+    ]
+    .concat();
+    assert_eq!(hex(&input), v.get("bin_mac_input_a2"), "bin_mac_input_a2");
+    let key_bytes = v.b32("session_key_1");
+    let mac = hmac(&key_bytes, &input);
+    assert_eq!(hex(&mac), v.get("bin_mac_a2"), "bin_mac_a2 (HMAC)");
+    let sig = [2u64.to_be_bytes().to_vec(), mac.to_vec(), req.clone()].concat();
+    assert_eq!(hex(&sig), v.get("bin_sig_a2"), "bin_sig_a2 (layout)");
+
+    // The library writes and reads the same bytes.
+    let lib_head = binary::req_head("put", Some(30_000), None, None);
+    assert_eq!(binary::encode(Kind::Req, 3, &lib_head, &[0, 1, 2, 0xff]), req);
+    assert_eq!(binary::encode(Kind::Res, 3, b"", &[0xde, 0xad, 0xbe, 0xef]), res);
+    assert_eq!(binary::encode(Kind::Item, 4, b"", &[0, 0]), item);
+    match binary::decode(&Bytes::from(req.clone())).unwrap() {
+        BinFrame::Req { id, head, body } => {
+            assert_eq!((id, head.action.as_str(), head.timeout_ms), (3, "put", Some(30_000)));
+            assert_eq!(&body[..], &[0, 1, 2, 0xff]);
+        }
+        other => panic!("bin_req_a2 decodes as {other:?}"),
+    }
+    assert_eq!(
+        binary::decode(&Bytes::from(item)).unwrap(),
+        BinFrame::Item {
+            id: 4,
+            body: Bytes::from_static(&[0, 0])
+        }
+    );
+    // Signed after the agent's two text frames, in one sequence.
+    let key = Key::from_bytes(key_bytes);
+    let mut signer = Signer::new(key.clone(), signed::AGENT_TO_SERVER);
+    let mut verifier = Verifier::new(key, signed::AGENT_TO_SERVER);
+    for label in ["a0", "a1"] {
+        let frame = v.get(&format!("frame_{label}"));
+        assert!(verifier.verify(&signer.sign(frame)).is_ok());
+    }
+    let mut msg = vec![0u8; signed::BINARY_PREFIX];
+    msg.extend_from_slice(&req);
+    signer.sign_binary(&mut msg);
+    assert_eq!(hex(&msg), v.get("bin_sig_a2"), "bin_sig_a2 (library)");
+    let msg = Bytes::from(msg);
+    assert_eq!(verifier.verify_binary(&msg).map(|f| f.to_vec()), Ok(req));
+    // Replayed: out of sequence; altered: a bad MAC.
+    assert!(matches!(
+        verifier.verify_binary(&msg),
+        Err(SignError::OutOfSequence { expected: 3, got: 2 })
+    ));
+    let mut altered = msg.to_vec();
+    if let Some(b) = altered.last_mut() {
+        *b ^= 0x80;
+    }
+    assert_eq!(
+        verifier.verify_binary(&Bytes::from(altered)),
+        Err(SignError::BadMac)
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Binary frames: a `req`, `res` or `item` whose body is bytes, in one
-//! WebSocket binary message (capability `binary`, `docs/PROTOCOL.md` 5.12).
+//! WebSocket binary message (capability `binary`, `docs/PROTOCOL.md` 5.13).
 //! Pure codec, as [`crate::codec`] is for text.
 //!
 //! ```text

@@ -2,7 +2,7 @@
 //!
 //! A request body, a response and a stream item are JSON, or, with a peer
 //! that announced the `binary` capability, bytes carried in a WebSocket
-//! binary frame (`docs/PROTOCOL.md` 5.12; the layout is in [`crate::binary`]).
+//! binary frame (`docs/PROTOCOL.md` 5.13; the layout is in [`crate::binary`]).
 //! Which one a typed value travels as follows from its `Serialize`: a value
 //! that serializes as bytes — [`Bytes`], `serde_bytes::ByteBuf` — goes as
 //! bytes, anything else as JSON. A `Vec<u8>` serializes as a JSON array of

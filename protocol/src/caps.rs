@@ -46,7 +46,7 @@ impl Caps {
     /// a stream cancels its request.
     pub const STREAM: Caps = Caps(4);
     /// `"binary"`: the peer takes bodies, results and stream items that
-    /// are bytes as WebSocket binary frames (`docs/PROTOCOL.md` 5.12); to a
+    /// are bytes as WebSocket binary frames (`docs/PROTOCOL.md` 5.13); to a
     /// peer without it, bytes go as JSON arrays of numbers.
     pub const BINARY: Caps = Caps(8);
     /// Everything this implementation supports, which both sides announce.
