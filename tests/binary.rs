@@ -59,7 +59,10 @@ async fn setup(tls: bool, sign: bool) -> Setup {
         builder = builder.tls_pem_files(&cert, &key);
     }
     let server = builder.start("127.0.0.1:0").await.unwrap();
-    server.on_hook("len", |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) });
+    server.on_hook(
+        "len",
+        |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) },
+    );
     server.on_hook("rev", |b: Bytes, _| async move {
         Ok::<_, HookError>(Bytes::from(b.iter().rev().copied().collect::<Vec<u8>>()))
     });
@@ -69,7 +72,10 @@ async fn setup(tls: bool, sign: bool) -> Setup {
     };
     let mut client = AgentClient::builder(&url, SECRET)
         .reconnect(Backoff::disabled())
-        .on_hook("len", |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) })
+        .on_hook(
+            "len",
+            |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) },
+        )
         .on_hook("rev", |b: Bytes, _| async move {
             Ok::<_, HookError>(Bytes::from(b.iter().rev().copied().collect::<Vec<u8>>()))
         });
@@ -117,7 +123,10 @@ async fn bytes_travel_as_binary_frames_both_ways_over_ws_and_wss_signed_or_not()
         // Agent → server, and a JSON result for a binary body.
         let n: usize = agent.send("len", &body).await.unwrap();
         assert_eq!(n, body.len());
-        let back: Bytes = agent.send("rev", &Bytes::from_static(b"abc")).await.unwrap();
+        let back: Bytes = agent
+            .send("rev", &Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert_eq!(&back[..], b"cba");
         // Empty bytes are bytes too.
         let n: usize = agent.send("len", &Bytes::new()).await.unwrap();
@@ -144,7 +153,12 @@ async fn a_body_over_the_message_limit_fails_locally_with_invalid_message() {
         name,
         _dir,
     } = setup(false, false).await;
-    let limit = server.agent(&name).unwrap().link().config().max_message_bytes;
+    let limit = server
+        .agent(&name)
+        .unwrap()
+        .link()
+        .config()
+        .max_message_bytes;
     let big = Bytes::from(vec![0u8; limit + 1]);
     let err = agent.send::<_, usize>("len", &big).await.unwrap_err();
     assert_eq!(err.code(), "INVALID_MESSAGE", "{err}");
@@ -220,7 +234,12 @@ async fn a_50_mib_file_streams_from_agent_to_server_byte_identical_in_bounded_me
         .await
         .unwrap();
     let name = agent.name().unwrap().to_string();
-    let queue_bound = server.agent(&name).unwrap().link().config().queued_bytes_limit();
+    let queue_bound = server
+        .agent(&name)
+        .unwrap()
+        .link()
+        .config()
+        .queued_bytes_limit();
 
     let base = rss();
     let mut peak_rss = base;
@@ -314,7 +333,10 @@ async fn plain_server() -> AgentServer {
     server.on_hook("blob", |n: usize, _| async move {
         Ok::<_, HookError>(Bytes::from(vec![7u8; n]))
     });
-    server.on_hook("len", |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) });
+    server.on_hook(
+        "len",
+        |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) },
+    );
     server
 }
 
@@ -354,7 +376,10 @@ async fn a_corrupted_binary_frame_with_signing_on_closes_with_4002() {
         .start("127.0.0.1:0")
         .await
         .unwrap();
-    server.on_hook("len", |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) });
+    server.on_hook(
+        "len",
+        |b: Bytes, _| async move { Ok::<_, HookError>(b.len()) },
+    );
     server.on_hook("blob", |n: usize, _| async move {
         Ok::<_, HookError>(Bytes::from(vec![9u8; n]))
     });
@@ -380,7 +405,9 @@ async fn a_corrupted_binary_frame_with_signing_on_closes_with_4002() {
     }
     raw::send(&mut ws, &signer.sign(&raw::req(2, "blob", "4"))).await;
     let answer = next_binary(&mut ws).await;
-    let frame = verifier.verify_binary(&answer).expect("server binary frame verifies");
+    let frame = verifier
+        .verify_binary(&answer)
+        .expect("server binary frame verifies");
     assert_eq!(
         binary::decode(&frame).unwrap(),
         BinFrame::Res {
@@ -427,10 +454,19 @@ async fn malformed_binary_frames_end_only_the_offending_link() {
             }
             f
         }),
-        ("bad head", binary::encode(Kind::Req, 1, br#"{"act":1}"#, b"")),
+        (
+            "bad head",
+            binary::encode(Kind::Req, 1, br#"{"act":1}"#, b""),
+        ),
         ("head on res", binary::encode(Kind::Res, 1, b"{}", b"")),
-        ("res nobody waits for", binary::encode(Kind::Res, 99, b"", b"x")),
-        ("item for no stream", binary::encode(Kind::Item, 5, b"", b"x")),
+        (
+            "res nobody waits for",
+            binary::encode(Kind::Res, 99, b"", b"x"),
+        ),
+        (
+            "item for no stream",
+            binary::encode(Kind::Item, 5, b"", b"x"),
+        ),
         (
             "stream credit 0",
             binary::encode(
@@ -467,7 +503,10 @@ async fn malformed_binary_frames_end_only_the_offending_link() {
         let (code, reason) = raw::close_code(&mut ws).await;
         assert_eq!(code, close::PROTOCOL_ERROR, "{what}: {reason}");
         // The well-behaved agent is untouched.
-        let n: usize = agent.send("len", &Bytes::from_static(b"fine")).await.unwrap();
+        let n: usize = agent
+            .send("len", &Bytes::from_static(b"fine"))
+            .await
+            .unwrap();
         assert_eq!(n, 4, "{what}");
     }
     agent.close().await;

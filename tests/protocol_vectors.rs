@@ -819,12 +819,21 @@ fn binary_frames_match_the_document_and_the_library() {
 
     // The library writes and reads the same bytes.
     let lib_head = binary::req_head("put", Some(30_000), None, None);
-    assert_eq!(binary::encode(Kind::Req, 3, &lib_head, &[0, 1, 2, 0xff]), req);
-    assert_eq!(binary::encode(Kind::Res, 3, b"", &[0xde, 0xad, 0xbe, 0xef]), res);
+    assert_eq!(
+        binary::encode(Kind::Req, 3, &lib_head, &[0, 1, 2, 0xff]),
+        req
+    );
+    assert_eq!(
+        binary::encode(Kind::Res, 3, b"", &[0xde, 0xad, 0xbe, 0xef]),
+        res
+    );
     assert_eq!(binary::encode(Kind::Item, 4, b"", &[0, 0]), item);
     match binary::decode(&Bytes::from(req.clone())).unwrap() {
         BinFrame::Req { id, head, body } => {
-            assert_eq!((id, head.action.as_str(), head.timeout_ms), (3, "put", Some(30_000)));
+            assert_eq!(
+                (id, head.action.as_str(), head.timeout_ms),
+                (3, "put", Some(30_000))
+            );
             assert_eq!(&body[..], &[0, 1, 2, 0xff]);
         }
         other => panic!("bin_req_a2 decodes as {other:?}"),
@@ -853,7 +862,10 @@ fn binary_frames_match_the_document_and_the_library() {
     // Replayed: out of sequence; altered: a bad MAC.
     assert!(matches!(
         verifier.verify_binary(&msg),
-        Err(SignError::OutOfSequence { expected: 3, got: 2 })
+        Err(SignError::OutOfSequence {
+            expected: 3,
+            got: 2
+        })
     ));
     let mut altered = msg.to_vec();
     if let Some(b) = altered.last_mut() {

@@ -199,7 +199,12 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        let head = req_head("put", Some(9), Some(StreamOpen { credit: 4 }), Some("A0002"));
+        let head = req_head(
+            "put",
+            Some(9),
+            Some(StreamOpen { credit: 4 }),
+            Some("A0002"),
+        );
         let msg = Bytes::from(encode(Kind::Req, u64::MAX, &head, b"abc"));
         match decode(&msg).unwrap() {
             BinFrame::Req { id, head, body } => {

@@ -331,7 +331,10 @@ impl<'de> Deserializer<'de> for BinaryBody<'_> {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         // Straight from the bytes, without the detour through a JSON array.
         visitor.visit_seq(de::value::SeqDeserializer::new(
-            self.0.iter().copied().map(IntoDeserializer::into_deserializer),
+            self.0
+                .iter()
+                .copied()
+                .map(IntoDeserializer::into_deserializer),
         ))
     }
 

@@ -71,12 +71,12 @@ pub use stream::{CallStream, Event, ItemSink, StreamOptions, DEFAULT_CREDIT};
 
 use crate::binary;
 use crate::body::Body;
-use crate::frame::{RequestId, StreamOpen};
 use crate::caps::Caps;
 use crate::close::CloseReason;
 use crate::codec;
 use crate::error::Error;
 use crate::frame::Frame;
+use crate::frame::{RequestId, StreamOpen};
 use crate::handshake::Session;
 use crate::hooks::Hooks;
 use crate::signed::{self, Signer, Verifier};
@@ -349,7 +349,12 @@ impl LinkHandle {
         R: DeserializeOwned,
     {
         let res = self
-            .exchange(action, timeout, typed_req(&self.shared, action, None, body), None)
+            .exchange(
+                action,
+                timeout,
+                typed_req(&self.shared, action, None, body),
+                None,
+            )
             .await?;
         res.decode()
             .map_err(|e| Error::InvalidMessage(format!("response to {action:?}: {e}")))

@@ -514,11 +514,11 @@ impl Outlet {
         };
         let frame = match binary {
             Some(frame) => frame,
-            None => codec::encode_item_with("item", self.id, |buf| {
-                serde_json::to_writer(buf, item)
-            })
-            .map(Outbound::Text)
-            .map_err(|e| Error::InvalidMessage(format!("stream item: {e}")))?,
+            None => {
+                codec::encode_item_with("item", self.id, |buf| serde_json::to_writer(buf, item))
+                    .map(Outbound::Text)
+                    .map_err(|e| Error::InvalidMessage(format!("stream item: {e}")))?
+            }
         };
         if frame.bytes() > shared.max_out {
             return Err(Error::InvalidMessage(format!(
